@@ -1,0 +1,56 @@
+# crackcls: common entry points. Every target uses the project's virtual environment.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(CURDIR)/$(VENV)/bin
+export PATH := $(BIN):$(PATH)
+
+MODEL  ?= models/model.keras
+DATA   ?=
+PORT   ?= 5000
+TRACKING_URI := $(or $(MLFLOW_TRACKING_URI),sqlite:///$(CURDIR)/mlflow.db)
+
+# The offline demo: the full DVC pipeline on the bundled sample, untrained backbone, small images.
+DEMO_PARAMS := -S data.source=sample -S model.weights=none -S model.image_size=96 \
+               -S train.epochs=5 -S train.patience=2 -S train.batch_size=32
+
+.PHONY: help install test test-fast repro demo evaluate promote ui clean-demo
+
+help:
+	@echo "make install     create $(VENV) and install crackcls with pinned dependencies"
+	@echo "make test        run the test suite"
+	@echo "make repro       run the DVC pipeline (dvc repro) on the full Mendeley set"
+	@echo "make demo        run the pipeline offline on the bundled sample, then promote"
+	@echo "make evaluate    evaluate MODEL=<path|models:/name@alias> on DATA=<folder> (default: test split)"
+	@echo "make promote     move @champion to @challenger if it is better"
+	@echo "make ui          MLflow UI on http://127.0.0.1:$(PORT)"
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+
+install: $(BIN)/python
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[dev]"
+	@$(BIN)/crackcls --help >/dev/null && echo "installed: $(BIN)/crackcls"
+
+test:
+	$(BIN)/python -m pytest
+
+test-fast:
+	$(BIN)/python -m pytest -m "not e2e"
+
+repro:
+	dvc repro
+
+demo:
+	dvc exp run $(DEMO_PARAMS)
+	crackcls promote
+
+evaluate:
+	crackcls evaluate --model "$(MODEL)" $(if $(DATA),--data "$(DATA)")
+
+promote:
+	crackcls promote
+
+ui:
+	mlflow ui --backend-store-uri "$(TRACKING_URI)" --default-artifact-root "$(CURDIR)/mlruns" \
+	  --host 127.0.0.1 --port $(PORT)

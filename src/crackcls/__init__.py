@@ -1,0 +1,10 @@
+"""crackcls: a reproducible concrete-crack image classifier (DVC + MLflow + Keras)."""
+
+import os
+
+# Quiet TensorFlow's C++ start-up chatter and MLflow's per-file progress bars;
+# users can still set either variable themselves.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+
+__version__ = "0.1.0"

@@ -1,0 +1,193 @@
+"""Score a model on labelled images and write the reports DVC and MLflow show.
+
+Shared by the DVC ``evaluate`` stage (test split, logged into the training run),
+``crackcls evaluate`` (any model, any labelled folder, logged as a new run linked
+to the model's run) and promotion (both aliases on the same test split).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import keras
+import mlflow
+import numpy as np
+import tensorflow as tf
+
+from crackcls import atomic, paths, plots
+from crackcls.data import image_dataset
+from crackcls.errors import CrackclsError
+from crackcls.images import SkipReport, iter_images
+from crackcls.metrics import classification_metrics, json_safe, pr_points, roc_points
+from crackcls.model import load_model_file
+from crackcls.splitting import Item
+
+
+@dataclass
+class Evaluation:
+    metrics: dict[str, float]
+    paths: list[str]
+    y_true: np.ndarray
+    y_prob: np.ndarray
+    threshold: float
+    skipped: SkipReport = field(default_factory=SkipReport)
+
+
+def model_input_size(model: keras.Model) -> int:
+    shape = model.input_shape
+    if not (isinstance(shape, tuple) and len(shape) == 4 and shape[1] == shape[2] and shape[1]):
+        raise CrackclsError(f"model input shape {shape} is not a square RGB image")
+    return int(shape[1])
+
+
+def predict_files(
+    model: keras.Model, files: list[str], batch_size: int, base: Path | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Crack probabilities for ``files`` and a mask of which ones could be decoded."""
+    size = model_input_size(model)
+    ds = image_dataset(files, None, size, batch_size, base=base, keep_flags=True)
+    forward = tf.function(lambda images: model(images, training=False), reduce_retracing=True)
+    probs, flags = [], []
+    for images, ok in ds:
+        probs.append(forward(images).numpy().reshape(-1))
+        flags.append(ok.numpy())
+    if not probs:
+        return np.zeros(0, np.float32), np.zeros(0, bool)
+    return np.concatenate(probs), np.concatenate(flags)
+
+
+def evaluate_items(
+    model: keras.Model, items: list[Item], threshold: float, batch_size: int, base: Path | None = None
+) -> Evaluation:
+    if not items:
+        raise CrackclsError("nothing to evaluate: the image list is empty")
+    probs, ok = predict_files(model, [it.path for it in items], batch_size, base)
+    skipped = SkipReport()
+    for item, good in zip(items, ok):
+        if not good:
+            skipped.add(item.path, "unreadable")
+    kept = [it for it, good in zip(items, ok) if good]
+    if not kept:
+        raise CrackclsError("no image could be read; see the skipped list")
+    y_true = np.asarray([it.label for it in kept], int)
+    y_prob = probs[ok]
+    return Evaluation(
+        classification_metrics(y_true, y_prob, threshold), [it.path for it in kept], y_true, y_prob, threshold, skipped
+    )
+
+
+def labelled_folder(folder: Path) -> list[Item]:
+    """Items from a folder holding Positive/ and Negative/ (searched recursively)."""
+    missing = [name for name in paths.LABELS if not (folder / name).is_dir()]
+    if missing:
+        raise CrackclsError(f"{folder} must hold Positive/ and Negative/ subfolders (missing: {', '.join(missing)})")
+    items = [
+        Item(str(p.resolve()), label, "")
+        for label, name in enumerate(paths.LABELS)
+        for p in iter_images(folder / name)
+    ]
+    if not items:
+        raise CrackclsError(f"{folder} holds no images under Positive/ or Negative/")
+    return items
+
+
+def _csv(rows: list[dict], columns: list[str]) -> str:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    return buffer.getvalue()
+
+
+REPORT_FILES = {
+    "metrics": "metrics.json",
+    "predictions": "predictions.csv",
+    "roc": "roc.csv",
+    "pr": "precision_recall.csv",
+    "confusion_png": "confusion_matrix.png",
+    "curves_png": "roc_pr.png",
+    "skipped": "skipped.json",
+}
+
+
+def write_reports(result: Evaluation, out_dir: Path, extra: dict | None = None) -> dict[str, Path]:
+    """Metrics JSON, per-image predictions (DVC confusion template), ROC/PR CSVs and PNGs."""
+    out = {key: out_dir / name for key, name in REPORT_FILES.items()}
+    atomic.write_json(out["metrics"], {**json_safe(result.metrics), **(extra or {})})
+    y_pred = (result.y_prob >= result.threshold).astype(int)
+    predictions = [
+        {
+            "path": p,
+            "actual": paths.LABELS[t],
+            "predicted": paths.LABELS[y],
+            "crack_probability": f"{prob:.6f}",
+        }
+        for p, t, y, prob in zip(result.paths, result.y_true, y_pred, result.y_prob)
+    ]
+    atomic.write_text(out["predictions"], _csv(predictions, ["path", "actual", "predicted", "crack_probability"]))
+    both = len(np.unique(result.y_true)) == 2
+    roc = roc_points(result.y_true, result.y_prob) if both else []
+    pr = pr_points(result.y_true, result.y_prob) if both else []
+    atomic.write_text(out["roc"], _csv(roc, ["fpr", "tpr", "threshold"]))
+    atomic.write_text(out["pr"], _csv(pr, ["recall", "precision", "threshold"]))
+    plots.confusion_matrix(result.y_true, y_pred, out["confusion_png"])
+    if both:
+        plots.roc_and_pr(result.y_true, result.y_prob, out["curves_png"])
+    else:
+        out.pop("curves_png")
+    atomic.write_json(out["skipped"], result.skipped.as_dict())
+    return out
+
+
+def log_to_mlflow(result: Evaluation, files: dict[str, Path], prefix: str, artifact_path: str) -> None:
+    """Metrics under ``<prefix>_*`` and every report file as an artifact of the active run."""
+    numeric = {f"{prefix}_{k}": v for k, v in json_safe(result.metrics).items() if v is not None}
+    numeric[f"{prefix}_skipped"] = result.skipped.count
+    mlflow.log_metrics(numeric)
+    for path in files.values():
+        if path.exists():
+            mlflow.log_artifact(str(path), artifact_path=artifact_path)
+
+
+def load_model(spec: str) -> tuple[keras.Model, str | None]:
+    """A model from a ``.keras`` path or an MLflow URI (``models:/name@alias``, ``runs:/id/model``).
+
+    Returns the model and, for MLflow URIs, the run that produced it. Loading always
+    goes through Keras's safe mode.
+    """
+    if "://" not in spec and not spec.startswith(("models:/", "runs:/")):
+        return load_model_file(paths.resolve(spec)), None
+    from crackcls import tracking
+
+    tracking.configure_uri_only()
+    try:
+        source_run = _source_run(spec)
+        with tempfile.TemporaryDirectory() as tmp:
+            local = Path(mlflow.artifacts.download_artifacts(artifact_uri=spec, dst_path=tmp))
+            candidates = sorted(local.rglob("*.keras"))
+            if not candidates:
+                raise CrackclsError(f"{spec} holds no .keras model file")
+            return load_model_file(candidates[0]), source_run
+    except mlflow.exceptions.MlflowException as exc:
+        raise CrackclsError(f"cannot resolve model {spec}: {exc.message.splitlines()[0]}") from None
+
+
+def _source_run(spec: str) -> str | None:
+    from crackcls import tracking
+
+    if spec.startswith("runs:/"):
+        return spec.removeprefix("runs:/").split("/", 1)[0]
+    if spec.startswith("models:/"):
+        name_part = spec.removeprefix("models:/")
+        client = tracking.client()
+        if "@" in name_part:
+            name, alias = name_part.split("@", 1)
+            return client.get_model_version_by_alias(name, alias).run_id
+        name, _, version = name_part.partition("/")
+        if version.isdigit():
+            return client.get_model_version(name, version).run_id
+    return None

@@ -1,0 +1,127 @@
+"""Frozen-backbone feature cache.
+
+While the backbone is frozen, its activations for an image never change, so the
+head can be trained on features computed once per image per augmentation view
+instead of re-running the backbone every epoch. View 0 is the plain image; views
+1..V-1 are drawn once from the same flip/rotation augmentation the image-level
+model uses (seeded), and each epoch the head sees one view per image at random.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import tensorflow as tf
+
+from crackcls import atomic, paths
+from crackcls.config import Config
+from crackcls.errors import CrackclsError
+from crackcls.splitting import Item
+
+BACKBONE_WEIGHTS_FILE = "backbone.weights.h5"
+META_FILE = "meta.json"
+
+
+@dataclass(frozen=True)
+class CacheKey:
+    """Everything the cached features depend on; a mismatch means the cache is stale."""
+
+    backbone: str
+    weights: str
+    image_size: int
+    views: int
+    flip: bool
+    rotation: float
+    seed: int
+    train_manifest: str
+    val_manifest: str
+
+
+def file_digest(path: Path) -> str:
+    with path.open("rb") as handle:
+        return hashlib.file_digest(handle, "sha256").hexdigest()
+
+
+def cache_key(config: Config, split_dir: Path) -> CacheKey:
+    return CacheKey(
+        backbone=config.model.backbone,
+        weights=config.model.weights,
+        image_size=config.model.image_size,
+        views=config.train.cache_views,
+        flip=config.train.augment.flip,
+        rotation=config.train.augment.rotation,
+        seed=config.train.seed,
+        train_manifest=file_digest(split_dir / "train.csv"),
+        val_manifest=file_digest(split_dir / "val.csv"),
+    )
+
+
+@dataclass
+class FeatureSet:
+    features: np.ndarray  # (N, V, D) float16
+    labels: np.ndarray  # (N,) float32
+    kept: np.ndarray  # (N_items,) bool: which manifest rows decoded
+
+
+def extract(features_model, augment, dataset: tf.data.Dataset, views: int) -> tuple[np.ndarray, np.ndarray]:
+    """Run the frozen backbone once per batch per view; returns (features, ok-mask)."""
+
+    @tf.function(reduce_retracing=True)
+    def all_views(images: tf.Tensor) -> tf.Tensor:
+        outputs = [features_model(images, training=False)]
+        for _ in range(views - 1):
+            outputs.append(features_model(augment(images, training=True), training=False))
+        return tf.stack(outputs, axis=1)
+
+    chunks, flags = [], []
+    for images, ok in dataset:
+        chunks.append(all_views(images).numpy().astype(np.float16))
+        flags.append(ok.numpy())
+    return np.concatenate(chunks), np.concatenate(flags)
+
+
+def save(cache_dir: Path, split: str, feature_set: FeatureSet) -> None:
+    with atomic.atomic_path(cache_dir / f"{split}.npz", suffix=".npz") as tmp:
+        with tmp.open("wb") as handle:
+            np.savez(handle, features=feature_set.features, labels=feature_set.labels, kept=feature_set.kept)
+
+
+def save_meta(cache_dir: Path, key: CacheKey, dims: int) -> None:
+    atomic.write_json(cache_dir / META_FILE, {**asdict(key), "dims": dims})
+
+
+def load(cache_dir: Path, split: str, expected: CacheKey) -> FeatureSet:
+    meta_path = cache_dir / META_FILE
+    if not meta_path.is_file():
+        raise CrackclsError(f"no feature cache in {cache_dir}; run `dvc repro features` first")
+    meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    stale = [k for k, v in asdict(expected).items() if meta.get(k) != v]
+    if stale:
+        raise CrackclsError(
+            f"feature cache in {cache_dir} is stale ({', '.join(stale)} changed); run `dvc repro features`"
+        )
+    with np.load(cache_dir / f"{split}.npz") as data:
+        return FeatureSet(data["features"], data["labels"], data["kept"])
+
+
+def head_dataset(feature_set: FeatureSet, batch_size: int, seed: int, shuffle: bool) -> tf.data.Dataset:
+    """(features, label) batches; each pass draws one cached view per image."""
+    views = feature_set.features.shape[1]
+    ds = tf.data.Dataset.from_tensor_slices((feature_set.features, feature_set.labels))
+    if shuffle:
+        ds = ds.shuffle(len(feature_set.labels), seed=seed, reshuffle_each_iteration=True)
+        ds = ds.map(
+            lambda f, y: (tf.cast(tf.gather(f, tf.random.uniform((), 0, views, tf.int32, seed=seed)), tf.float32), y),
+            num_parallel_calls=tf.data.AUTOTUNE,
+        )
+    else:
+        ds = ds.map(lambda f, y: (tf.cast(f[0], tf.float32), y))
+    return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+
+
+def cache_dir(workspace: Path | None = None) -> Path:
+    return (workspace or paths.workspace_root()) / paths.FEATURES_DIR

@@ -1,0 +1,1 @@
+"""Jobs outside the DVC graph: evaluate any model on any data, promote, predict."""

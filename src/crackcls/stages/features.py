@@ -1,0 +1,68 @@
+"""DVC stage ``features``: backbone features for the frozen training phase, computed once.
+
+DVC caches this stage's outputs keyed on the backbone, weights, image size,
+augmentation and split, so ``dvc exp run -S train.epochs=30`` retrains the head
+in seconds without touching the images.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import keras
+import numpy as np
+
+from crackcls import atomic, features, manifest, paths
+from crackcls.config import Config, load_config
+from crackcls.data import manifest_dataset
+from crackcls.errors import CrackclsError, user_errors_exit
+from crackcls.model import build_model, calibrate_batchnorm
+
+CALIBRATION_BATCHES = 8
+
+
+def run(config: Config, workspace: Path) -> dict:
+    keras.utils.set_random_seed(config.train.seed)
+    crack = build_model(config.model, config.train)
+    out_dir = features.cache_dir(workspace)
+    split_dir = workspace / paths.SPLIT_DIR
+    key = features.cache_key(config, split_dir)
+    size, batch = config.model.image_size, config.train.batch_size
+    report: dict = {"feature_cache": config.train.feature_cache}
+    started = time.perf_counter()
+    if config.model.weights == "none":
+        train_items = manifest.read(manifest.manifest_path("train", split_dir))
+        calibration = manifest_dataset(train_items, size, batch, shuffle_seed=config.train.seed, base=workspace)
+        report["batchnorm_calibration_images"] = calibrate_batchnorm(
+            crack, (images for images, _ in calibration.take(CALIBRATION_BATCHES))
+        )
+    with atomic.atomic_dir(out_dir) as staging:
+        crack.backbone.save_weights(str(staging / features.BACKBONE_WEIGHTS_FILE))
+        if config.train.feature_cache:
+            for split, views in (("train", config.train.cache_views), ("val", 1)):
+                items = manifest.read(manifest.manifest_path(split, split_dir))
+                if not items:
+                    raise CrackclsError(f"the {split} split is empty; adjust data.split ratios")
+                ds = manifest_dataset(items, size, batch, base=workspace, keep_flags=True)
+                values, kept = features.extract(crack.features, crack.augment, ds, views)
+                labels = [it.label for it, ok in zip(items, kept) if ok]
+                features.save(
+                    staging, split, features.FeatureSet(values[kept], np.asarray(labels, np.float32), kept)
+                )
+                report[f"{split}_images"] = int(kept.sum())
+                report[f"{split}_skipped"] = int((~kept).sum())
+                report["dims"] = int(values.shape[-1])
+            features.save_meta(staging, key, report["dims"])
+    report["seconds"] = round(time.perf_counter() - started, 2)
+    return report
+
+
+@user_errors_exit
+def main() -> None:
+    report = run(load_config(), paths.workspace_root())
+    print(f"features: {report}")
+
+
+if __name__ == "__main__":
+    main()

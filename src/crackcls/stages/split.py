@@ -1,0 +1,123 @@
+"""DVC stage ``split``: dedupe by content hash, then a stratified, seeded split.
+
+Reads ``data/raw`` (and ``data/field`` when it holds images) and writes manifests
+to ``data/split/{train,val,test}.csv`` plus ``reports/split.json`` as DVC metrics.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from tqdm import tqdm
+
+from crackcls import atomic, manifest, paths
+from crackcls.config import Config, load_config
+from crackcls.errors import CrackclsError, user_errors_exit
+from crackcls.images import SkipReport, iter_images, probe
+from crackcls.splitting import Item, cap_per_class, collapse_duplicates, stratified_split
+
+HASH_WORKERS = 8
+
+
+def sha256_file(path: Path) -> str:
+    with path.open("rb") as handle:
+        return hashlib.file_digest(handle, "sha256").hexdigest()
+
+
+def _check_and_hash(path: Path) -> tuple[str | None, str | None]:
+    reason = probe(path)
+    return (None, reason) if reason else (sha256_file(path), None)
+
+
+def collect(roots: list[Path], workspace: Path, skips: SkipReport) -> list[Item]:
+    """Hash every usable image under each root's Positive/ and Negative/ folders."""
+    candidates: list[tuple[Path, int]] = []
+    for root in roots:
+        for label, name in enumerate(paths.LABELS):
+            candidates.extend((p, label) for p in iter_images(root / name))
+    with ThreadPoolExecutor(HASH_WORKERS) as pool:
+        results = list(
+            tqdm(
+                pool.map(lambda c: _check_and_hash(c[0]), candidates, chunksize=64),
+                total=len(candidates),
+                desc="hash",
+                unit="img",
+                disable=None,
+            )
+        )
+    items: list[Item] = []
+    for (path, label), (digest, reason) in zip(candidates, results):
+        rel = Path(os.path.relpath(path, workspace)).as_posix()
+        if reason:
+            skips.add(rel, reason)
+        else:
+            items.append(Item(rel, label, digest))  # type: ignore[arg-type]
+    return items
+
+
+def source_roots(workspace: Path) -> list[Path]:
+    raw = workspace / paths.RAW_DIR
+    if not all((raw / name).is_dir() for name in paths.LABELS):
+        raise CrackclsError(f"{raw} lacks Positive/ and Negative/; run `dvc repro fetch` first")
+    roots = [raw]
+    field_dir = workspace / paths.FIELD_DIR
+    if any((field_dir / name).is_dir() and any(iter_images(field_dir / name)) for name in paths.LABELS):
+        roots.append(field_dir)
+    return roots
+
+
+def run(config: Config, workspace: Path) -> dict:
+    skips = SkipReport()
+    items = collect(source_roots(workspace), workspace, skips)
+    unique, dedupe = collapse_duplicates(items)
+    for name in paths.LABELS:
+        if not any(it.label == paths.LABELS.index(name) for it in unique):
+            raise CrackclsError(f"no usable {name} images found; check data/raw/{name}")
+    selected = cap_per_class(unique, config.data.max_per_class, config.data.seed)
+    ratios = config.data.split
+    parts = stratified_split(selected, ratios.train, ratios.val, ratios.test, config.data.seed)
+
+    split_dir = workspace / paths.SPLIT_DIR
+    with atomic.atomic_dir(split_dir) as staging:
+        for name, part in parts.items():
+            manifest.write(manifest.manifest_path(name, staging), part)
+
+    report = {
+        "images_found": len(items) + skips.count,
+        "duplicates_removed": dedupe.duplicates_removed,
+        "label_conflicts_removed": dedupe.label_conflicts,
+        "skipped": skips.count,
+        "skipped_by_reason": skips.by_reason(),
+        "total": sum(len(p) for p in parts.values()),
+    }
+    for name, part in parts.items():
+        counts = Counter(it.label for it in part)
+        report[name] = {
+            "total": len(part),
+            **{label.lower(): counts.get(i, 0) for i, label in enumerate(paths.LABELS)},
+        }
+    atomic.write_json(workspace / paths.REPORTS_DIR / "split.json", report)
+    atomic.write_json(
+        workspace / paths.REPORTS_DIR / "split_skipped.json",
+        {**skips.as_dict(), "label_conflicts": dedupe.conflict_paths},
+    )
+    return report
+
+
+@user_errors_exit
+def main() -> None:
+    config = load_config()
+    report = run(config, paths.workspace_root())
+    print(
+        f"split: {report['train']['total']} train / {report['val']['total']} val / "
+        f"{report['test']['total']} test; {report['duplicates_removed']} duplicates removed, "
+        f"{report['skipped']} unreadable files skipped"
+    )
+
+
+if __name__ == "__main__":
+    main()

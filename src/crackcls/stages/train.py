@@ -1,0 +1,223 @@
+"""DVC stage ``train``: fit the head (and optionally the top of the backbone), track it in MLflow.
+
+Phase 1 trains the head with the backbone frozen: on cached features
+(``train.feature_cache``) or on images. Phase 2, when ``model.fine_tune_layers > 0``,
+unfreezes the top backbone layers and continues on images at a low learning rate.
+The model is logged with MLflow's Keras flavour, registered, and aliased
+``challenger``; promotion to ``champion`` is a separate, gated step.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import io
+import os
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import keras
+import mlflow
+import numpy as np
+from mlflow.models import infer_signature
+
+from crackcls import atomic, features, manifest, paths, plots, tracking
+from crackcls.config import Config, load_config
+from crackcls.data import manifest_dataset
+from crackcls.errors import CrackclsError, user_errors_exit
+from crackcls.model import CrackModel, build_model, compile_binary, unfreeze_top
+
+CHALLENGER = "challenger"
+HISTORY_FILE = paths.REPORTS_DIR / "train_history.csv"
+CURVES_FILE = paths.REPORTS_DIR / "training_curves.png"
+
+
+class EpochMetricsToMlflow(keras.callbacks.Callback):
+    """Per-epoch train/val loss and accuracy, stepped by the global epoch across phases."""
+
+    def on_epoch_end(self, epoch, logs=None):  # type: ignore[override]
+        if logs:
+            mlflow.log_metrics({k: float(v) for k, v in logs.items()}, step=epoch + 1)
+
+
+def _callbacks(patience: int, has_val: bool) -> list[keras.callbacks.Callback]:
+    monitor = "val_loss" if has_val else "loss"
+    return [
+        keras.callbacks.EarlyStopping(monitor=monitor, patience=patience, restore_best_weights=True),
+        EpochMetricsToMlflow(),
+    ]
+
+
+def _fit_head_on_cache(crack: CrackModel, config: Config, workspace: Path) -> keras.callbacks.History:
+    cache = features.cache_dir(workspace)
+    key = features.cache_key(config, workspace / paths.SPLIT_DIR)
+    train_set = features.load(cache, "train", key)
+    val_set = features.load(cache, "val", key)
+    seed, batch = config.train.seed, config.train.batch_size
+    compile_binary(crack.head, config.train.learning_rate)
+    has_val = len(val_set.labels) > 0
+    return crack.head.fit(
+        features.head_dataset(train_set, batch, seed, shuffle=True),
+        validation_data=features.head_dataset(val_set, batch, seed, shuffle=False) if has_val else None,
+        epochs=config.train.epochs,
+        callbacks=_callbacks(config.train.patience, has_val),
+        verbose=2,
+    )
+
+
+def _fit_on_images(
+    crack: CrackModel, config: Config, workspace: Path, learning_rate: float, first_epoch: int, epochs: int
+) -> keras.callbacks.History:
+    size, batch, seed = config.model.image_size, config.train.batch_size, config.train.seed
+    split_dir = workspace / paths.SPLIT_DIR
+    train_items = manifest.read(manifest.manifest_path("train", split_dir))
+    val_items = manifest.read(manifest.manifest_path("val", split_dir))
+    compile_binary(crack.model, learning_rate)
+    return crack.model.fit(
+        manifest_dataset(train_items, size, batch, shuffle_seed=seed, base=workspace),
+        validation_data=manifest_dataset(val_items, size, batch, base=workspace) if val_items else None,
+        initial_epoch=first_epoch,
+        epochs=first_epoch + epochs,
+        callbacks=_callbacks(config.train.patience, bool(val_items)),
+        verbose=2,
+    )
+
+
+def _history_csv(history: dict[str, list[float]]) -> str:
+    keys = [k for k in ("loss", "accuracy", "val_loss", "val_accuracy") if history.get(k)]
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(["epoch", "phase", *keys])
+    for i in range(len(history["loss"])):
+        writer.writerow([i + 1, history["phase"][i], *(f"{history[k][i]:.6f}" for k in keys)])
+    return buffer.getvalue()
+
+
+def _merge(histories: list[tuple[str, keras.callbacks.History]]) -> dict[str, list]:
+    merged: dict[str, list] = {"phase": []}
+    for phase, history in histories:
+        n = len(history.history.get("loss", []))
+        merged["phase"].extend([phase] * n)
+        for key, values in history.history.items():
+            merged.setdefault(key, []).extend(float(v) for v in values)
+    return merged
+
+
+@contextlib.contextmanager
+def _model_dir_before_example() -> Iterator[None]:
+    """MLflow's Keras flavour writes the input example before it creates the model folder.
+
+    Without this, ``log_model(..., input_example=...)`` fails with FileNotFoundError.
+    """
+    from mlflow.keras import save as keras_save
+
+    original = keras_save._save_example
+
+    def save_example(mlflow_model, input_example, path):  # type: ignore[no-untyped-def]
+        os.makedirs(path, exist_ok=True)
+        return original(mlflow_model, input_example, path)
+
+    keras_save._save_example = save_example
+    try:
+        yield
+    finally:
+        keras_save._save_example = original
+
+
+def log_and_register(crack: CrackModel, config: Config, model_file: Path) -> dict:
+    """Log the model with MLflow's Keras flavour and alias the new version ``challenger``."""
+    size = config.model.image_size
+    example = np.zeros((1, size, size, 3), np.float32)
+    signature = infer_signature(example, crack.model.predict(example, verbose=0))
+    with _model_dir_before_example():
+        info = mlflow.keras.log_model(
+            crack.model,
+            name="model",
+            signature=signature,
+            input_example=example,
+            registered_model_name=config.registry.model_name,
+            pip_requirements=_requirements(),
+        )
+    version = str(info.registered_model_version)
+    client = tracking.client()
+    client.set_registered_model_alias(config.registry.model_name, CHALLENGER, version)
+    client.set_model_version_tag(config.registry.model_name, version, "backbone", config.model.backbone)
+    mlflow.log_artifact(str(model_file), artifact_path="keras_file")
+    return {"model_uri": info.model_uri, "registered_model_version": version}
+
+
+def _requirements() -> list[str]:
+    """Exact versions of what the model needs to load; avoids MLflow's slow import probing."""
+    from importlib.metadata import version
+
+    return [f"{name}=={version(name)}" for name in ("tensorflow", "keras", "numpy", "pillow", "mlflow")]
+
+
+def run(config: Config, workspace: Path) -> dict:
+    keras.utils.set_random_seed(config.train.seed)
+    crack = build_model(config.model, config.train)
+    weights_file = features.cache_dir(workspace) / features.BACKBONE_WEIGHTS_FILE
+    if not weights_file.is_file():
+        raise CrackclsError(f"{weights_file} missing; run `dvc repro features` first")
+    crack.backbone.load_weights(str(weights_file))  # the exact weights the features came from
+
+    tracking.configure(config.mlflow.experiment)
+    run_name = f"{config.model.backbone}-{config.model.image_size}px"
+    with mlflow.start_run(run_name=run_name) as active:
+        mlflow.set_tags({**tracking.git_tags(workspace), "stage": "train"})
+        mlflow.log_params(tracking.flatten("", config.model_dump(mode="json")))
+        started = time.perf_counter()
+        if config.train.feature_cache:
+            phases = [("frozen", _fit_head_on_cache(crack, config, workspace))]
+        else:
+            phases = [("frozen", _fit_on_images(crack, config, workspace, config.train.learning_rate, 0, config.train.epochs))]
+        frozen_epochs = len(phases[0][1].history["loss"])
+        if config.model.fine_tune_layers > 0 and config.train.fine_tune_epochs > 0:
+            unfrozen = unfreeze_top(crack.backbone, config.model.fine_tune_layers)
+            mlflow.log_param("fine_tune_layers_unfrozen", unfrozen)
+            phases.append(
+                (
+                    "fine_tune",
+                    _fit_on_images(
+                        crack, config, workspace, config.train.fine_tune_learning_rate, frozen_epochs, config.train.fine_tune_epochs
+                    ),
+                )
+            )
+        seconds = time.perf_counter() - started
+        history = _merge(phases)
+        mlflow.log_metrics({"training_time_s": seconds, "epochs_trained": len(history["loss"])})
+
+        model_file = workspace / paths.MODEL_FILE
+        with atomic.atomic_path(model_file, suffix=".keras") as tmp:
+            crack.model.save(tmp)
+        atomic.write_text(workspace / HISTORY_FILE, _history_csv(history))
+        plots.training_curves(history, workspace / CURVES_FILE, phase_start=frozen_epochs if len(phases) > 1 else None)
+        mlflow.log_artifact(str(workspace / CURVES_FILE), artifact_path="plots")
+        mlflow.log_artifact(str(workspace / HISTORY_FILE), artifact_path="plots")
+
+        registered = log_and_register(crack, config, model_file)
+        info = {
+            "run_id": active.info.run_id,
+            "experiment_id": active.info.experiment_id,
+            "tracking_uri": tracking.tracking_uri(),
+            "registered_model": config.registry.model_name,
+            **registered,
+            "training_time_s": round(seconds, 2),
+            "epochs_trained": len(history["loss"]),
+        }
+        atomic.write_json(workspace / paths.RUN_INFO_FILE, info)
+    return info
+
+
+@user_errors_exit
+def main() -> None:
+    info = run(load_config(), paths.workspace_root())
+    print(
+        f"train: run {info['run_id']}, {info['epochs_trained']} epochs in {info['training_time_s']} s; "
+        f"registered {info['registered_model']} v{info['registered_model_version']} as @{CHALLENGER}"
+    )
+
+
+if __name__ == "__main__":
+    main()

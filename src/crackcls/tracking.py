@@ -1,0 +1,111 @@
+"""MLflow wiring: one store per project, absolute paths, git provenance.
+
+Default store: ``sqlite:///<project>/mlflow.db`` with artifacts under
+``<project>/mlruns``. ``MLFLOW_TRACKING_URI`` overrides it (a shared tracking
+server). Paths are absolute and resolved to the *project* root, so runs launched
+from DVC's temporary experiment copies land in the same store.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import mlflow
+from mlflow.tracking import MlflowClient
+
+from crackcls import paths
+from crackcls.errors import CrackclsError
+
+DB_FILE = "mlflow.db"
+ARTIFACT_DIR = "mlruns"
+
+
+def default_tracking_uri(root: Path | None = None) -> str:
+    return f"sqlite:///{(root or paths.project_root()) / DB_FILE}"
+
+
+def tracking_uri() -> str:
+    return os.environ.get("MLFLOW_TRACKING_URI") or default_tracking_uri()
+
+
+def configure_uri_only() -> str:
+    """Point MLflow (tracking and registry) at the project store."""
+    uri = tracking_uri()
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(os.environ.get("MLFLOW_REGISTRY_URI") or uri)
+    return uri
+
+
+def configure(experiment: str) -> str:
+    """Point MLflow at the project store and make sure the experiment exists; returns its id."""
+    uri = configure_uri_only()
+    client = MlflowClient()
+    found = client.get_experiment_by_name(experiment)
+    if found is not None:
+        experiment_id = found.experiment_id
+    else:
+        artifact_location = None
+        if uri.startswith("sqlite:"):
+            artifact_location = (paths.project_root() / ARTIFACT_DIR).resolve().as_uri()
+        try:
+            experiment_id = client.create_experiment(experiment, artifact_location=artifact_location)
+        except mlflow.exceptions.MlflowException:
+            # another process created it between our lookup and create
+            experiment_id = client.get_experiment_by_name(experiment).experiment_id  # type: ignore[union-attr]
+    mlflow.set_experiment(experiment_id=experiment_id)
+    return experiment_id
+
+
+def git_tags(cwd: Path | None = None) -> dict[str, str]:
+    """The commit and whether the tree had uncommitted changes (params overrides count)."""
+    where = str(cwd or paths.workspace_root())
+
+    def git(*args: str) -> str:
+        return subprocess.run(
+            ["git", *args], cwd=where, capture_output=True, text=True, check=True, timeout=30
+        ).stdout.strip()
+
+    try:
+        commit = git("rev-parse", "HEAD")
+        dirty = bool(git("status", "--porcelain", "--untracked-files=no"))
+    except (OSError, subprocess.SubprocessError):
+        return {"git_commit": "unknown", "git_dirty": "unknown"}
+    tags = {"git_commit": commit, "git_dirty": str(dirty).lower(), "mlflow.source.git.commit": commit}
+    if exp_name := os.environ.get("DVC_EXP_NAME"):
+        tags["dvc_exp_name"] = exp_name
+    return tags
+
+
+def flatten(prefix: str, value: Any) -> dict[str, Any]:
+    """Nested params → ``a.b.c`` keys, as DVC names them."""
+    if isinstance(value, dict):
+        flat: dict[str, Any] = {}
+        for key, inner in value.items():
+            flat.update(flatten(f"{prefix}.{key}" if prefix else str(key), inner))
+        return flat
+    return {prefix: value}
+
+
+def client() -> MlflowClient:
+    return MlflowClient()
+
+
+def require_alias(model_name: str, alias: str):
+    """The model version behind ``alias``, or a clear error."""
+    try:
+        return client().get_model_version_by_alias(model_name, alias)
+    except mlflow.exceptions.MlflowException as exc:
+        raise CrackclsError(
+            f"registered model '{model_name}' has no version with alias '{alias}' "
+            f"in {tracking_uri()}: run the pipeline (`dvc repro` or `make demo`) first"
+        ) from exc
+
+
+def alias_or_none(model_name: str, alias: str):
+    try:
+        return client().get_model_version_by_alias(model_name, alias)
+    except mlflow.exceptions.MlflowException:
+        return None
