@@ -66,7 +66,12 @@ def cap_per_class(items: list[Item], max_per_class: int | None, seed: int) -> li
 def stratified_split(
     items: list[Item], train: float, val: float, test: float, seed: int
 ) -> dict[str, list[Item]]:
-    """Split into train/val/test with class proportions preserved in each part."""
+    """Split into train/val/test with class proportions preserved in each part.
+
+    Items are sorted first, so the result depends on the seed and the set of
+    images, never on the order a file system happened to list them in.
+    """
+    items = sorted(items, key=lambda it: it.path)
     labels = [it.label for it in items]
     if len(set(labels)) < 2:
         raise ValueError("the split needs images of both classes")

@@ -1,0 +1,98 @@
+"""Shared fixtures: a tiny offline project on the bundled sample, and the shared real data."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SHARED = REPO_ROOT.parent / "shared"
+SHARED_SAMPLE = SHARED / "data" / "concrete-crack-sample"
+RAR_FIXTURES = SHARED / "fixtures" / "rar"
+BIN_DIR = Path(sys.executable).parent
+
+# Small and fast: an untrained backbone, small images, few epochs.
+TINY_PARAMS = {
+    "data": {"source": "sample", "download": {"mirror_url": None}},
+    "model": {"backbone": "mobilenet_v2", "weights": "none", "image_size": 48},
+    "train": {"epochs": 3, "patience": 2, "batch_size": 16, "cache_views": 2},
+    "mlflow": {"experiment": "tests"},
+}
+
+
+def deep_merge(base: dict, override: dict) -> dict:
+    merged = dict(base)
+    for key, value in override.items():
+        merged[key] = deep_merge(merged[key], value) if isinstance(value, dict) and isinstance(merged.get(key), dict) else value
+    return merged
+
+
+def write_params(project: Path, override: dict) -> dict:
+    params = yaml.safe_load((REPO_ROOT / "params.yaml").read_text())
+    params = deep_merge(params, override)
+    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    return params
+
+
+@pytest.fixture
+def shared_sample() -> Path:
+    if not (SHARED_SAMPLE / "Positive").is_dir():
+        pytest.skip("shared real-data sample not available")
+    return SHARED_SAMPLE
+
+
+@pytest.fixture
+def rar_fixtures() -> Path:
+    if not RAR_FIXTURES.is_dir():
+        pytest.skip("shared RAR fixtures not available")
+    return RAR_FIXTURES
+
+
+@pytest.fixture
+def tiny_project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A project folder (params.yaml, dvc.yaml, a 40+40 image sample) as the working directory.
+
+    MLflow writes to ``<project>/mlflow.db``; the environment's tracking URI is cleared.
+    """
+    project = tmp_path / "project"
+    project.mkdir()
+    shutil.copy(REPO_ROOT / "dvc.yaml", project / "dvc.yaml")
+    for label in ("Positive", "Negative"):
+        target = project / "sample" / label
+        target.mkdir(parents=True)
+        for image in sorted((REPO_ROOT / "sample" / label).glob("*.jpg"))[:40]:
+            shutil.copy(image, target / image.name)
+    write_params(project, TINY_PARAMS)
+    monkeypatch.chdir(project)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.delenv("MLFLOW_REGISTRY_URI", raising=False)
+    return project
+
+
+def run_pipeline_in_process(project: Path) -> dict:
+    """fetch → split → features → train → evaluate through each stage's run()."""
+    from crackcls.config import load_config
+    from crackcls.stages import evaluate, features, fetch, split, train
+
+    config = load_config(project / "params.yaml")
+    results = {}
+    for name, stage in (("fetch", fetch), ("split", split), ("features", features), ("train", train), ("evaluate", evaluate)):
+        results[name] = stage.run(config, project)
+    return results
+
+
+def subprocess_env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["PATH"] = f"{BIN_DIR}{os.pathsep}{env.get('PATH', '')}"
+    env.pop("MLFLOW_TRACKING_URI", None)
+    env.setdefault("GIT_AUTHOR_NAME", "crackcls-tests")
+    env.setdefault("GIT_AUTHOR_EMAIL", "tests@localhost")
+    env.setdefault("GIT_COMMITTER_NAME", "crackcls-tests")
+    env.setdefault("GIT_COMMITTER_EMAIL", "tests@localhost")
+    env["DVC_NO_ANALYTICS"] = "1"
+    return env
