@@ -7,13 +7,16 @@ export PATH := $(BIN):$(PATH)
 MODEL  ?= models/model.keras
 DATA   ?=
 PORT   ?= 5000
+SERVE_PORT ?= 5001
 TRACKING_URI := $(or $(MLFLOW_TRACKING_URI),sqlite:///$(CURDIR)/mlflow.db)
 
 # The offline demo: the full DVC pipeline on the bundled sample, untrained backbone, small images.
 DEMO_PARAMS := -S data.source=sample -S model.weights=none -S model.image_size=96 \
                -S train.epochs=5 -S train.patience=2 -S train.batch_size=32
 
-.PHONY: help install test test-fast repro demo evaluate promote ui clean-demo
+IN     ?=
+
+.PHONY: help install test test-fast repro demo evaluate promote predict serve bench ui
 
 help:
 	@echo "make install     create $(VENV) and install crackcls with pinned dependencies"
@@ -22,6 +25,9 @@ help:
 	@echo "make demo        run the pipeline offline on the bundled sample, then promote"
 	@echo "make evaluate    evaluate MODEL=<path|models:/name@alias> on DATA=<folder> (default: test split)"
 	@echo "make promote     move @champion to @challenger if it is better"
+	@echo "make predict     classify IN=<files|folders|globs> with MODEL (default: the registry champion)"
+	@echo "make serve       serve models:/crackcls@champion over HTTP on 127.0.0.1:$(SERVE_PORT)"
+	@echo "make bench       training / prediction / split / memory benchmark (see README)"
 	@echo "make ui          MLflow UI on http://127.0.0.1:$(PORT)"
 
 $(BIN)/python:
@@ -50,6 +56,16 @@ evaluate:
 
 promote:
 	crackcls promote
+
+predict:
+	crackcls predict $(IN) $(if $(filter-out models/model.keras,$(MODEL)),--model "$(MODEL)")
+
+serve:
+	MLFLOW_TRACKING_URI="$(TRACKING_URI)" mlflow models serve -m "models:/crackcls@champion" \
+	  --env-manager local --host 127.0.0.1 --port $(SERVE_PORT)
+
+bench:
+	$(BIN)/python bench/run.py
 
 ui:
 	mlflow ui --backend-store-uri "$(TRACKING_URI)" --default-artifact-root "$(CURDIR)/mlruns" \

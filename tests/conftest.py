@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -39,6 +40,26 @@ def write_params(project: Path, override: dict) -> dict:
     return params
 
 
+@pytest.fixture(autouse=True)
+def isolated_mlflow_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """mlflow.set_tracking_uri() writes MLFLOW_*_URI into os.environ; undo it after each test."""
+    for name in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI"):
+        monkeypatch.setenv(name, "unset")
+        monkeypatch.delenv(name)
+
+
+def fresh_repo_copy(repo: Path) -> None:
+    """The tracked and untracked-but-not-ignored files of this checkout, copied to ``repo``."""
+    files = subprocess.run(
+        ["git", "ls-files", "-co", "--exclude-standard"], cwd=REPO_ROOT, capture_output=True, text=True, check=True
+    ).stdout.split("\n")
+    for name in filter(None, files):
+        source = REPO_ROOT / name
+        if source.is_file():
+            (repo / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, repo / name)
+
+
 @pytest.fixture
 def shared_sample() -> Path:
     if not (SHARED_SAMPLE / "Positive").is_dir():
@@ -69,8 +90,6 @@ def tiny_project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
             shutil.copy(image, target / image.name)
     write_params(project, TINY_PARAMS)
     monkeypatch.chdir(project)
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    monkeypatch.delenv("MLFLOW_REGISTRY_URI", raising=False)
     return project
 
 
@@ -90,6 +109,7 @@ def subprocess_env() -> dict[str, str]:
     env = dict(os.environ)
     env["PATH"] = f"{BIN_DIR}{os.pathsep}{env.get('PATH', '')}"
     env.pop("MLFLOW_TRACKING_URI", None)
+    env.pop("MLFLOW_REGISTRY_URI", None)
     env.setdefault("GIT_AUTHOR_NAME", "crackcls-tests")
     env.setdefault("GIT_AUTHOR_EMAIL", "tests@localhost")
     env.setdefault("GIT_COMMITTER_NAME", "crackcls-tests")

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import mlflow
 import pytest
-from conftest import REPO_ROOT, subprocess_env
+from conftest import fresh_repo_copy, subprocess_env
 from mlflow.tracking import MlflowClient
 
 pytestmark = pytest.mark.e2e
@@ -31,14 +31,7 @@ def demo_repo(tmp_path_factory) -> Path:
     if shutil.which("git") is None or shutil.which("make") is None:
         pytest.skip("git and make are needed")
     repo = tmp_path_factory.mktemp("e2e") / "crackcls"
-    files = subprocess.run(
-        ["git", "ls-files", "-co", "--exclude-standard"], cwd=REPO_ROOT, capture_output=True, text=True, check=True
-    ).stdout.split("\n")
-    for name in filter(None, files):
-        source = REPO_ROOT / name
-        if source.is_file():
-            (repo / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(source, repo / name)
+    fresh_repo_copy(repo)
     _run(["git", "init", "-q"], repo)
     _run(["git", "add", "-A"], repo)
     _run(["git", "commit", "-qm", "fresh clone"], repo)

@@ -143,6 +143,23 @@ def test_manual_download_is_used_without_network(project: Path, capsys: pytest.C
     assert len(raw_snapshot(project)) == 6
 
 
+def test_dvc_temp_copy_reuses_the_projects_verified_archive(
+    project: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    payload = dataset_zip()
+    (project / fetch.MANUAL_PATH).parent.mkdir()
+    (project / fetch.MANUAL_PATH).write_bytes(payload)
+    copy = project / ".dvc" / "tmp" / "exps" / "tmpabc123"
+    copy.mkdir(parents=True)
+    (copy / "sample").symlink_to(REPO_SAMPLE)
+    write_params(copy, url=closed_port_url(), sha256=sha(payload), size=len(payload))
+    monkeypatch.chdir(copy)
+    assert run_main(capsys)[0] == 0
+    assert len(raw_snapshot(copy)) == 6
+    assert not (copy / fetch.DOWNLOAD_DIR).exists(), "the copy must not download its own archive"
+    assert (project / fetch.MANUAL_PATH).read_bytes() == payload
+
+
 def test_mirror_zip_holding_the_rar(
     project: Path, served: tuple[Path, str], capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -43,6 +43,19 @@ def _promote(args: argparse.Namespace) -> int:
     return 0 if outcome.decision.promote or already else 1
 
 
+def _predict(args: argparse.Namespace) -> int:
+    from crackcls.jobs import predict
+
+    result = predict.run(args.paths, args.model, args.threshold, args.batch_size, args.explain)
+    sys.stdout.write(predict.write(result, args.format, args.output))
+    if args.output:
+        print(f"wrote {len(result.predictions)} predictions to {args.output}", file=sys.stderr)
+    if args.explain and result.predictions:
+        print(f"Grad-CAM overlays in {args.explain}", file=sys.stderr)
+    print(predict.summary(result), file=sys.stderr)
+    return 0 if result.predictions else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="crackcls", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -60,6 +73,21 @@ def build_parser() -> argparse.ArgumentParser:
     promote = sub.add_parser("promote", help="move @champion to @challenger if it is better on the test split")
     promote.add_argument("--version", default=None, help="promote this version instead of @challenger")
     promote.set_defaults(func=_promote)
+
+    predict = sub.add_parser(
+        "predict",
+        help="label image files, folders or globs as crack / no_crack",
+        description="Label images with a model (default: the registry's @champion). "
+        "Exits 1 when no file could be read.",
+    )
+    predict.add_argument("paths", nargs="+", metavar="PATH", help="image files, folders (recursive) or quoted globs ('**/*.jpg')")
+    predict.add_argument("--model", default=None, help="a .keras file, models:/<name>@<alias>, models:/<name>/<version> or runs:/<id>/model (default: models:/<registry.model_name>@champion)")
+    predict.add_argument("--threshold", type=float, default=None, help="crack when the probability is at least this (default: params evaluate.threshold, else 0.5)")
+    predict.add_argument("--format", choices=("table", "json", "csv"), default=None, help="output format (default: from --output's suffix, else table)")
+    predict.add_argument("--output", default=None, metavar="FILE", help="write the predictions to FILE instead of the terminal")
+    predict.add_argument("--explain", default=None, metavar="OUTDIR", help="write a Grad-CAM overlay PNG per image into OUTDIR")
+    predict.add_argument("--batch-size", type=int, default=None, help="images per batch (default: params evaluate.batch_size, else 64)")
+    predict.set_defaults(func=_predict)
     return parser
 
 

@@ -1,8 +1,10 @@
-"""Score a model on labelled images and write the reports DVC and MLflow show.
+"""Score a model on images and write the reports DVC and MLflow show.
 
 Shared by the DVC ``evaluate`` stage (test split, logged into the training run),
 ``crackcls evaluate`` (any model, any labelled folder, logged as a new run linked
-to the model's run) and promotion (both aliases on the same test split).
+to the model's run), promotion (both aliases on the same test split), and the
+unlabelled paths: ``crackcls predict`` and the served pyfunc model, which both
+score through :func:`score_files` so they return identical probabilities.
 """
 
 from __future__ import annotations
@@ -10,6 +12,8 @@ from __future__ import annotations
 import csv
 import io
 import tempfile
+import weakref
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -21,7 +25,7 @@ import tensorflow as tf
 from crackcls import atomic, paths, plots
 from crackcls.data import image_dataset
 from crackcls.errors import CrackclsError
-from crackcls.images import SkipReport, iter_images
+from crackcls.images import SkipReport, UnreadableImage, iter_images, load_rgb
 from crackcls.metrics import classification_metrics, json_safe, pr_points, roc_points
 from crackcls.model import load_model_file
 from crackcls.splitting import Item
@@ -44,20 +48,91 @@ def model_input_size(model: keras.Model) -> int:
     return int(shape[1])
 
 
+# Predicted labels, as ``crackcls predict`` and the served model name them.
+CRACK = "crack"
+NO_CRACK = "no_crack"
+
+
+def label_for(probability: float, threshold: float) -> str:
+    """The same rule as the metrics: a probability at or above the threshold is a crack."""
+    return CRACK if probability >= threshold else NO_CRACK
+
+
+# One traced inference function per model: a server scoring request after request
+# must not pay for a new trace each time.
+_FORWARD: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _forward(model: keras.Model) -> Callable:
+    forward = _FORWARD.get(model)
+    if forward is None:
+        weak = weakref.ref(model)  # a strong reference here would keep every model alive
+        forward = tf.function(lambda images: weak()(images, training=False), reduce_retracing=True)
+        _FORWARD[model] = forward
+    return forward
+
+
 def predict_files(
-    model: keras.Model, files: list[str], batch_size: int, base: Path | None = None
+    model: keras.Model,
+    files: Sequence[str | Path],
+    batch_size: int,
+    base: Path | None = None,
+    progress: Callable[[int], object] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Crack probabilities for ``files`` and a mask of which ones could be decoded."""
+    """Crack probabilities for ``files`` and a mask of which ones could be decoded.
+
+    ``progress`` is called with the number of files in each finished batch.
+    """
     size = model_input_size(model)
     ds = image_dataset(files, None, size, batch_size, base=base, keep_flags=True)
-    forward = tf.function(lambda images: model(images, training=False), reduce_retracing=True)
+    forward = _forward(model)
     probs, flags = [], []
     for images, ok in ds:
         probs.append(forward(images).numpy().reshape(-1))
         flags.append(ok.numpy())
+        if progress is not None:
+            progress(len(flags[-1]))
     if not probs:
         return np.zeros(0, np.float32), np.zeros(0, bool)
     return np.concatenate(probs), np.concatenate(flags)
+
+
+@dataclass
+class Scores:
+    """Per-file results of :func:`score_files`, in input order."""
+
+    probabilities: np.ndarray  # NaN where the file could not be read
+    reasons: list[str | None]  # why a file was skipped (an images.REASONS entry); None if scored
+
+
+def score_files(
+    model: keras.Model,
+    files: Sequence[str | Path],
+    batch_size: int,
+    base: Path | None = None,
+    progress: Callable[[int], object] | None = None,
+) -> Scores:
+    """Crack probabilities for unlabelled files, and the reason for every file that was skipped.
+
+    The decoding pipeline only says *that* a file failed; each failure is decoded once
+    more on its own to say *why* (failures are rare, so this costs nothing in bulk).
+    """
+    if not files:
+        return Scores(np.zeros(0), [])
+    probs, ok = predict_files(model, files, batch_size, base, progress)
+    size = model_input_size(model)
+    root = base or paths.workspace_root()
+    reasons = [None if good else unreadable_reason(paths.resolve(f, root), size) for f, good in zip(files, ok)]
+    return Scores(np.where(ok, probs, np.nan).astype(np.float64), reasons)
+
+
+def unreadable_reason(path: str | Path, size: int) -> str:
+    """Why :func:`crackcls.images.load_rgb` refuses ``path``."""
+    try:
+        load_rgb(path, size)
+    except UnreadableImage as exc:
+        return exc.reason
+    return "could not be decoded"  # failed in the pipeline, yet decodes now: changed meanwhile
 
 
 def evaluate_items(
@@ -141,6 +216,38 @@ def write_reports(result: Evaluation, out_dir: Path, extra: dict | None = None) 
         out.pop("curves_png")
     atomic.write_json(out["skipped"], result.skipped.as_dict())
     return out
+
+
+GALLERY_FILE = "error_gallery.png"
+GALLERY_PER_KIND = 4
+
+
+def worst_mistakes(result: Evaluation, per_kind: int = GALLERY_PER_KIND) -> dict[str, list[int]]:
+    """Indices of the most confident false positives and false negatives, worst first.
+
+    These are the mistakes a reviewer should look at: the model was sure and wrong.
+    """
+    predicted = result.y_prob >= result.threshold
+    false_pos = np.flatnonzero(predicted & (result.y_true == 0))
+    false_neg = np.flatnonzero(~predicted & (result.y_true == 1))
+    return {
+        "false positives": false_pos[np.argsort(-result.y_prob[false_pos], kind="stable")][:per_kind].tolist(),
+        "false negatives": false_neg[np.argsort(result.y_prob[false_neg], kind="stable")][:per_kind].tolist(),
+    }
+
+
+def write_error_gallery(
+    model: keras.Model, result: Evaluation, target: Path, base: Path | None = None, per_kind: int = GALLERY_PER_KIND
+) -> Path:
+    """A PNG of the worst mistakes with their Grad-CAM overlays; says so when there are none."""
+    from crackcls import gradcam
+
+    root = base or paths.workspace_root()
+    rows = {
+        kind: [(paths.resolve(result.paths[i], root), float(result.y_prob[i])) for i in indices]
+        for kind, indices in worst_mistakes(result, per_kind).items()
+    }
+    return gradcam.error_gallery(gradcam.GradCam(model), rows, result.threshold, target)
 
 
 def log_to_mlflow(result: Evaluation, files: dict[str, Path], prefix: str, artifact_path: str) -> None:

@@ -20,7 +20,6 @@ import tensorflow as tf
 from crackcls import atomic, paths
 from crackcls.config import Config
 from crackcls.errors import CrackclsError
-from crackcls.splitting import Item
 
 BACKBONE_WEIGHTS_FILE = "backbone.weights.h5"
 META_FILE = "meta.json"

@@ -109,7 +109,8 @@ def build_model(model_cfg: ModelConfig, train_cfg: TrainConfig) -> CrackModel:
     pooled = layers.GlobalAveragePooling2D(name="pool")(x)
 
     dropout = layers.Dropout(model_cfg.dropout, name="dropout")
-    classifier = layers.Dense(1, activation="sigmoid", name="crack_probability")
+    # float32 output keeps the probability exact under mixed precision on GPUs
+    classifier = layers.Dense(1, activation="sigmoid", dtype="float32", name="crack_probability")
     outputs = classifier(dropout(pooled))
 
     feature_inputs = keras.Input(shape=(pooled.shape[-1],), name="features")

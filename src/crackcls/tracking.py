@@ -8,8 +8,10 @@ from DVC's temporary experiment copies land in the same store.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -31,11 +33,66 @@ def tracking_uri() -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or default_tracking_uri()
 
 
+def sqlite_path(uri: str) -> Path | None:
+    """The database file of a ``sqlite:///`` URI (``sqlite:////abs/path`` is absolute), else None."""
+    if not uri.startswith("sqlite:///"):
+        return None
+    path = uri.removeprefix("sqlite:///").split("?", 1)[0]
+    if not path or path == ":memory:":
+        return None
+    return Path(path)
+
+
+@contextlib.contextmanager
+def _exclusive(lock_path: Path) -> Iterator[None]:
+    """An advisory lock shared by every process on this machine (and NFS clients with lockd)."""
+    try:
+        import fcntl
+    except ImportError:  # Windows: no cross-process lock; MLflow's own behaviour applies
+        yield
+        return
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock_path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+_READY_STORES: set[tuple[str, str]] = set()
+
+
+def ensure_store(uri: str, registry_uri: str) -> None:
+    """Create (or open) the MLflow stores one process at a time.
+
+    On a new SQLite database, MLflow's tracking and registry stores each create the
+    tables and run the schema migrations without any cross-process lock, so two
+    trainings started at once against a fresh ``mlflow.db`` race: one fails with
+    ``no such column`` / ``table ... already exists`` / ``duplicate column``. Building
+    both stores under a lock file beside the database makes the second process wait
+    and then find the schema complete. MLflow caches the stores per URI, so this runs
+    once per process. Concurrent writes after that are MLflow's business: it sets
+    ``PRAGMA busy_timeout = 20000`` on every SQLite session.
+    """
+    if (uri, registry_uri) in _READY_STORES:
+        return
+    db_files = {p for p in (sqlite_path(uri), sqlite_path(registry_uri)) if p is not None}
+    with contextlib.ExitStack() as stack:
+        for db in sorted(db_files):
+            stack.enter_context(_exclusive(db.with_name(db.name + "-init.lock")))
+        store_client = MlflowClient(tracking_uri=uri, registry_uri=registry_uri)  # builds the tracking store
+        store_client.search_registered_models(max_results=1)  # and the registry store
+    _READY_STORES.add((uri, registry_uri))
+
+
 def configure_uri_only() -> str:
-    """Point MLflow (tracking and registry) at the project store."""
+    """Point MLflow (tracking and registry) at the project store, creating it safely if new."""
     uri = tracking_uri()
+    registry_uri = os.environ.get("MLFLOW_REGISTRY_URI") or uri
     mlflow.set_tracking_uri(uri)
-    mlflow.set_registry_uri(os.environ.get("MLFLOW_REGISTRY_URI") or uri)
+    mlflow.set_registry_uri(registry_uri)
+    ensure_store(uri, registry_uri)
     return uri
 
 

@@ -15,7 +15,6 @@ import mlflow
 from crackcls import manifest, paths, tracking
 from crackcls.config import load_config
 from crackcls.evaluation import evaluate_items, labelled_folder, load_model, log_to_mlflow, write_reports
-from crackcls.stages.evaluate import print_metrics
 
 DEFAULT_MODEL = str(paths.MODEL_FILE)
 

@@ -45,7 +45,7 @@ def run(version: str | None = None) -> Outcome:
     champion = tracking.alias_or_none(name, CHAMPION)
     if champion is not None and champion.version == challenger.version:
         decision = Decision(False, f"version {challenger.version} is already @{CHAMPION}")
-        return Outcome(decision, challenger.version, champion.version, float("nan"), None)
+        return Outcome(decision, str(challenger.version), str(champion.version), float("nan"), None)
 
     test_items = manifest.read(manifest.manifest_path("test", workspace / paths.SPLIT_DIR))
 
@@ -63,6 +63,10 @@ def run(version: str | None = None) -> Outcome:
     client.set_model_version_tag(name, challenger.version, f"promotion_{metric}", f"{challenger_score:.4f}")
     if decision.promote:
         client.set_registered_model_alias(name, CHAMPION, challenger.version)
-    return Outcome(
-        decision, challenger.version, champion.version if champion else None, challenger_score, champion_score
+    return Outcome(  # MLflow 3 returns versions as int; Outcome keeps the documented str
+        decision,
+        str(challenger.version),
+        str(champion.version) if champion else None,
+        challenger_score,
+        champion_score,
     )

@@ -1,8 +1,9 @@
 """DVC stage ``evaluate``: score the trained model on the test split (and any extra sets).
 
 Writes ``reports/metrics.json`` (DVC metrics), per-image predictions for DVC's
-``confusion`` template, ROC and precision-recall curves, and logs all of it into
-the training run in MLflow. ``evaluate.extra_sets`` folders are scored beside the
+``confusion`` template, ROC and precision-recall curves, a gallery of the most
+confident mistakes with Grad-CAM overlays (``reports/error_gallery.png``), and logs
+all of it into the training run in MLflow. ``evaluate.extra_sets`` folders are scored beside the
 test split so that domain shift (a new kind of concrete) shows at a glance.
 """
 
@@ -16,7 +17,15 @@ import mlflow
 from crackcls import atomic, manifest, paths, tracking
 from crackcls.config import Config, load_config
 from crackcls.errors import CrackclsError, user_errors_exit
-from crackcls.evaluation import Evaluation, evaluate_items, labelled_folder, log_to_mlflow, write_reports
+from crackcls.evaluation import (
+    GALLERY_FILE,
+    Evaluation,
+    evaluate_items,
+    labelled_folder,
+    log_to_mlflow,
+    write_error_gallery,
+    write_reports,
+)
 from crackcls.model import load_model_file
 
 EXTRA_DIR = paths.REPORTS_DIR / "extra"
@@ -61,10 +70,12 @@ def run(config: Config, workspace: Path) -> dict:
     files = write_reports(test, workspace / paths.REPORTS_DIR, extra={"extra_sets": extra_summary} if extra else None)
     extra_files = {name: write_reports(r, workspace / EXTRA_DIR / name) for name, r in extra.items()}
     atomic.write_json(workspace / paths.REPORTS_DIR / "domain_shift.json", {"warnings": warnings})
+    gallery = write_error_gallery(model, test, workspace / paths.REPORTS_DIR / GALLERY_FILE, base=workspace)
 
     tracking.configure_uri_only()
     with mlflow.start_run(run_id=run_info["run_id"]):
         log_to_mlflow(test, files, prefix="test", artifact_path="evaluation")
+        mlflow.log_artifact(str(gallery), artifact_path="evaluation")
         for name, result in extra.items():
             log_to_mlflow(result, extra_files[name], prefix=name, artifact_path=f"evaluation/{name}")
         if warnings:
@@ -74,7 +85,7 @@ def run(config: Config, workspace: Path) -> dict:
         client.set_model_version_tag(
             run_info["registered_model"], run_info["registered_model_version"], f"test_{key}", f"{test.metrics[key]:.4f}"
         )
-    return {"test": test, "extra": extra, "warnings": warnings}
+    return {"test": test, "extra": extra, "warnings": warnings, "gallery": gallery}
 
 
 def print_metrics(title: str, metrics: dict[str, float]) -> None:

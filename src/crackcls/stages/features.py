@@ -43,7 +43,13 @@ def run(config: Config, workspace: Path) -> dict:
             for split, views in (("train", config.train.cache_views), ("val", 1)):
                 items = manifest.read(manifest.manifest_path(split, split_dir))
                 if not items:
-                    raise CrackclsError(f"the {split} split is empty; adjust data.split ratios")
+                    if split == "train":
+                        raise CrackclsError("the train split is empty; adjust data.split ratios")
+                    # data.split.val: 0 is allowed; training then early-stops on the training loss
+                    empty = np.zeros((0, 1, report["dims"]), np.float16)
+                    features.save(staging, split, features.FeatureSet(empty, np.zeros(0, np.float32), np.zeros(0, bool)))
+                    report[f"{split}_images"] = report[f"{split}_skipped"] = 0
+                    continue
                 ds = manifest_dataset(items, size, batch, base=workspace, keep_flags=True)
                 values, kept = features.extract(crack.features, crack.augment, ds, views)
                 labels = [it.label for it, ok in zip(items, kept) if ok]

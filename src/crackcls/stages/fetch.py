@@ -16,7 +16,7 @@ from pathlib import Path
 from crackcls import atomic, paths
 from crackcls.archive import ArchiveError, ArchiveReadError, ExtractReport, extract_dataset, libarchive_version
 from crackcls.config import Config, DownloadConfig, load_config
-from crackcls.download import DownloadError, download
+from crackcls.download import DownloadError, download, sha256_file
 from crackcls.errors import CrackclsError, user_errors_exit
 
 DOWNLOAD_DIR = Path("downloads")
@@ -134,8 +134,14 @@ def _fetch_mirror(dl: DownloadConfig, downloads: Path, raw: Path, primary: Downl
 def fetch_mendeley(dl: DownloadConfig, workspace: Path, raw: Path) -> ExtractReport:
     """Download (or reuse) the verified RAR, falling back to the mirror zip, and install it."""
     downloads = workspace / DOWNLOAD_DIR
+    # DVC's temporary experiment copies reuse the project's verified archive, read-only,
+    # instead of downloading 241 MB again for every queued experiment.
+    shared = paths.project_root(workspace) / DOWNLOAD_DIR / ARCHIVE_NAME
     try:
-        rar = _download(dl.url, downloads / ARCHIVE_NAME, dl, sha256=dl.sha256, size=dl.size, hint=advice(dl))
+        if shared != downloads / ARCHIVE_NAME and shared.is_file() and sha256_file(shared) == dl.sha256:
+            rar = shared
+        else:
+            rar = _download(dl.url, downloads / ARCHIVE_NAME, dl, sha256=dl.sha256, size=dl.size, hint=advice(dl))
     except DownloadError as primary:
         if not dl.mirror_url or primary.kind == "checksum":
             raise

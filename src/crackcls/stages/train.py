@@ -22,7 +22,7 @@ import mlflow
 import numpy as np
 from mlflow.models import infer_signature
 
-from crackcls import atomic, features, manifest, paths, plots, tracking
+from crackcls import atomic, features, manifest, paths, plots, serving, tracking
 from crackcls.config import Config, load_config
 from crackcls.data import manifest_dataset
 from crackcls.errors import CrackclsError, user_errors_exit
@@ -126,25 +126,38 @@ def _model_dir_before_example() -> Iterator[None]:
 
 
 def log_and_register(crack: CrackModel, config: Config, model_file: Path) -> dict:
-    """Log the model with MLflow's Keras flavour and alias the new version ``challenger``."""
+    """Log the model twice, register the served form, and alias the new version ``challenger``.
+
+    ``model`` is MLflow's Keras flavour (tensors in, probabilities out: for notebooks and
+    ``runs:/<id>/model``). ``pyfunc`` is :class:`crackcls.serving.CrackClassifier` (base64
+    image files in, label and probability out): the registered version, so that
+    ``mlflow models serve -m models:/<name>@champion`` serves images. It carries the same
+    ``.keras`` file, which :func:`crackcls.evaluation.load_model` finds for promotion.
+    """
     size = config.model.image_size
     example = np.zeros((1, size, size, 3), np.float32)
     signature = infer_signature(example, crack.model.predict(example, verbose=0))
     with _model_dir_before_example():
-        info = mlflow.keras.log_model(
+        keras_info = mlflow.keras.log_model(
             crack.model,
             name="model",
             signature=signature,
             input_example=example,
-            registered_model_name=config.registry.model_name,
             pip_requirements=_requirements(),
         )
+    info = serving.log_pyfunc(
+        model_file,
+        threshold=config.evaluate.threshold,
+        registered_model_name=config.registry.model_name,
+        pip_requirements=_requirements(),
+    )
     version = str(info.registered_model_version)
     client = tracking.client()
     client.set_registered_model_alias(config.registry.model_name, CHALLENGER, version)
     client.set_model_version_tag(config.registry.model_name, version, "backbone", config.model.backbone)
+    client.set_model_version_tag(config.registry.model_name, version, "threshold", f"{config.evaluate.threshold:g}")
     mlflow.log_artifact(str(model_file), artifact_path="keras_file")
-    return {"model_uri": info.model_uri, "registered_model_version": version}
+    return {"model_uri": info.model_uri, "keras_model_uri": keras_info.model_uri, "registered_model_version": version}
 
 
 def _requirements() -> list[str]:

@@ -1,0 +1,331 @@
+"""Benchmark: training, prediction, split and memory, measured on one machine in one run.
+
+    python bench/run.py                      # full run (shared 4,000-image sample, 224 px)
+    python bench/run.py --quick              # a smoke run on the bundled sample
+
+Each part runs in its own subprocess so its peak RSS is its own. Results are
+printed as a table and written to bench/results/bench.json.
+
+a. Training: a seed-style loop (augmentation layers inside the model, a frozen
+   backbone, ``image_dataset_from_directory``, ``model.fit``) against the
+   project's features + train stages, same backbone, size, epochs and split.
+   Both use the same BatchNorm-calibrated backbone weights (weights: none), so
+   their accuracies are comparable. Early stopping is off in both (patience =
+   epochs) so that each runs the stated number of epochs. The short-epoch
+   figures of the seed loop are its first N epochs within the long run.
+b. Prediction: images/s of the project's batch prediction on a folder of JPEGs
+   against the raw forward pass on tensors already in memory (same batch, size).
+c. Split: seconds for the split stage on 40,000 files (copies of the sample with
+   a few unique trailing bytes each, so they stay distinct).
+d. Memory: peak RSS of the training and prediction subprocesses.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import yaml
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SHARED_SAMPLE = REPO_ROOT.parent / "shared" / "data" / "concrete-crack-sample"
+RESULTS = REPO_ROOT / "bench" / "results"
+
+
+# ---------------------------------------------------------------- helpers
+def project_params(data_dir: Path, size: int, epochs: int, batch: int) -> dict:
+    params = yaml.safe_load((REPO_ROOT / "params.yaml").read_text())
+    params["data"]["source"] = str(data_dir)
+    params["data"]["download"]["mirror_url"] = None
+    params["model"].update({"weights": "none", "image_size": size, "fine_tune_layers": 0})
+    params["train"].update({"epochs": epochs, "patience": epochs, "batch_size": batch})
+    params["mlflow"] = {"experiment": "bench"}
+    return params
+
+
+def make_project(root: Path, data_dir: Path, size: int, epochs: int, batch: int) -> Path:
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "params.yaml").write_text(yaml.safe_dump(project_params(data_dir, size, epochs, batch)))
+    return root
+
+
+def run_part(part: str, *args: str) -> dict:
+    """Run one part in a child process; returns its JSON result plus its peak RSS."""
+    out = Path(tempfile.mkstemp(suffix=".json")[1])
+    command = [sys.executable, __file__, "--part", part, "--result", str(out), *args]
+    process = subprocess.Popen(command, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    _, status, usage = os.wait4(process.pid, 0)
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise SystemExit(f"benchmark part {part} failed")
+    result = json.loads(out.read_text())
+    out.unlink()
+    result["peak_rss_mb"] = round(usage.ru_maxrss / 1024, 1)
+    return result
+
+
+# ---------------------------------------------------------------- parts (child processes)
+def part_prepare(project: Path) -> dict:
+    from crackcls.config import load_config
+    from crackcls.stages import fetch, split
+
+    os.chdir(project)
+    config = load_config(project / "params.yaml")
+    fetch.run(config, project)
+    return split.run(config, project)
+
+
+def part_project_train(project: Path, epochs: int) -> dict:
+    """The project's own training: features stage + train stage, timed end to end."""
+    from crackcls.config import load_config
+    from crackcls.stages import features, train
+
+    os.chdir(project)
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    params["train"].update({"epochs": epochs, "patience": epochs})
+    (project / "params.yaml").write_text(yaml.safe_dump(params))
+    config = load_config(project / "params.yaml")
+    started = time.perf_counter()
+    feature_report = features.run(config, project)
+    features_s = time.perf_counter() - started
+    info = train.run(config, project)
+    total = time.perf_counter() - started
+    history = (project / "reports/train_history.csv").read_text().splitlines()
+    header = history[0].split(",")
+    last = dict(zip(header, history[-1].split(",")))
+    return {
+        "epochs": epochs,
+        "wall_s": round(total, 1),
+        "features_s": round(features_s, 1),
+        "train_s": round(info["training_time_s"], 1),
+        "val_accuracy": float(last["val_accuracy"]),
+        "feature_report": feature_report,
+    }
+
+
+def part_seed_train(project: Path, epochs: int, checkpoints: list[int]) -> dict:
+    """A faithful seed-project loop, reading the same split and backbone weights."""
+    import keras
+
+    from crackcls import features, manifest, paths
+    from crackcls.config import load_config
+    from crackcls.model import BACKBONES, build_backbone
+
+    os.chdir(project)
+    config = load_config(project / "params.yaml")
+    size, batch = config.model.image_size, config.train.batch_size
+    tree = project / "seed_tree"
+    for split_name in ("train", "val"):
+        for item in manifest.read(manifest.manifest_path(split_name, project / paths.SPLIT_DIR)):
+            target = tree / split_name / paths.LABELS[item.label] / Path(item.path).name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            if not target.exists():
+                os.link(project / item.path, target)
+    keras.utils.set_random_seed(config.train.seed)
+    load = dict(image_size=(size, size), batch_size=batch, label_mode="binary", class_names=list(paths.LABELS))
+    train_ds = keras.utils.image_dataset_from_directory(tree / "train", shuffle=True, seed=1, **load)
+    val_ds = keras.utils.image_dataset_from_directory(tree / "val", shuffle=False, **load)
+
+    backbone = build_backbone(config.model)
+    backbone.load_weights(str(features.cache_dir(project) / features.BACKBONE_WEIGHTS_FILE))
+    backbone.trainable = False
+    inputs = keras.Input((size, size, 3))
+    x = keras.layers.RandomFlip("horizontal_and_vertical")(inputs)
+    x = keras.layers.RandomRotation(config.train.augment.rotation, fill_mode="reflect")(x)
+    for layer in BACKBONES[config.model.backbone].preprocess():
+        x = layer(x)
+    x = backbone(x, training=False)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    x = keras.layers.Dropout(config.model.dropout)(x)
+    outputs = keras.layers.Dense(1, activation="sigmoid")(x)
+    model = keras.Model(inputs, outputs)
+    model.compile(optimizer=keras.optimizers.Adam(config.train.learning_rate), loss="binary_crossentropy", metrics=["accuracy"])
+
+    marks: dict[int, dict] = {}
+    started = time.perf_counter()
+
+    class Checkpoints(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):  # type: ignore[override]
+            if epoch + 1 in checkpoints:
+                marks[epoch + 1] = {
+                    "epochs": epoch + 1,
+                    "wall_s": round(time.perf_counter() - started, 1),
+                    "val_accuracy": float(logs["val_accuracy"]),
+                }
+
+    model.fit(train_ds, validation_data=val_ds, epochs=epochs, callbacks=[Checkpoints()], verbose=2)
+    return {"checkpoints": [marks[e] for e in checkpoints]}
+
+
+def part_predict(project: Path, n_images: int, batch: int) -> dict:
+    import numpy as np
+    import tensorflow as tf
+
+    from crackcls import manifest, paths
+    from crackcls.evaluation import predict_files
+    from crackcls.images import load_rgb
+    from crackcls.model import load_model_file
+
+    os.chdir(project)
+    model = load_model_file(project / paths.MODEL_FILE)
+    size = int(model.input_shape[1])
+    items = manifest.read(manifest.manifest_path("train", project / paths.SPLIT_DIR))
+    files = [str(project / it.path) for it in items][:n_images]
+    predict_files(model, files[: batch * 2], batch)  # warm-up: tracing and thread pools
+
+    started = time.perf_counter()
+    probs, ok = predict_files(model, files, batch)
+    pipeline_s = time.perf_counter() - started
+
+    tensors = np.stack([load_rgb(f, size) for f in files]).astype(np.float32)
+    forward = tf.function(lambda x: model(x, training=False), reduce_retracing=True)
+    forward(tf.constant(tensors[:batch]))
+    batches = [tf.constant(tensors[i : i + batch]) for i in range(0, len(tensors), batch)]
+    started = time.perf_counter()
+    for chunk in batches:
+        forward(chunk).numpy()
+    raw_s = time.perf_counter() - started
+    return {
+        "images": len(files),
+        "batch": batch,
+        "size": size,
+        "pipeline_img_s": round(len(files) / pipeline_s, 1),
+        "raw_forward_img_s": round(len(files) / raw_s, 1),
+        "ratio": round(raw_s / pipeline_s, 3),
+        "all_decoded": bool(ok.all()),
+    }
+
+
+def part_split(source: Path, work: Path, copies: int) -> dict:
+    """Split on copies × the source tree, each copy made unique by trailing bytes."""
+    from crackcls import paths
+    from crackcls.config import load_config
+    from crackcls.stages import split
+
+    raw = work / paths.RAW_DIR
+    count = 0
+    for label in paths.LABELS:
+        (raw / label).mkdir(parents=True, exist_ok=True)
+        originals = sorted((source / label).glob("*.jpg"))
+        for copy in range(copies):
+            for original in originals:
+                data = original.read_bytes() + f"copy{copy}".encode()
+                (raw / label / f"{original.stem}_{copy}.jpg").write_bytes(data)
+                count += 1
+    params = yaml.safe_load((REPO_ROOT / "params.yaml").read_text())
+    (work / "params.yaml").write_text(yaml.safe_dump(params))
+    os.chdir(work)
+    config = load_config(work / "params.yaml")
+    os.system("sync")
+    started = time.perf_counter()
+    report = split.run(config, work)
+    seconds = time.perf_counter() - started
+    return {"files": count, "seconds": round(seconds, 2), "total": report["total"], "duplicates_removed": report["duplicates_removed"]}
+
+
+# ---------------------------------------------------------------- driver
+def table(results: dict) -> str:
+    rows = ["| benchmark | measured | target |", "|---|---|---|"]
+    for long in results["training"]:
+        seed, ours = long["seed"], long["project"]
+        ratio = seed["wall_s"] / ours["wall_s"]
+        rows.append(
+            f"| a. Training, {ours['epochs']} epochs | seed loop {seed['wall_s']} s (val acc {seed['val_accuracy']:.3f}) vs "
+            f"project {ours['wall_s']} s (val acc {ours['val_accuracy']:.3f}): **{ratio:.1f}×**, "
+            f"Δacc {100 * (ours['val_accuracy'] - seed['val_accuracy']):+.1f} pp | "
+            f"{'≥ 5×' if ours['epochs'] <= 10 else '≥ 10×'}, ±0.5 pp |"
+        )
+    p = results["prediction"]
+    rows.append(
+        f"| b. Prediction ({p['images']} JPEGs, {p['size']} px, batch {p['batch']}) | {p['pipeline_img_s']} img/s vs raw forward "
+        f"{p['raw_forward_img_s']} img/s: **{p['ratio']:.2f}** | ≥ 0.9 |"
+    )
+    s = results["split"]
+    rows.append(f"| c. Split ({s['files']:,} files) | **{s['seconds']} s** | ≤ 10 s |")
+    m = results["memory"]
+    rows.append(f"| d. Peak RSS | training {m['training_mb']} MB, prediction {m['prediction_mb']} MB | — |")
+    return "\n".join(rows)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="a fast smoke run on the bundled sample")
+    parser.add_argument("--data", type=Path, default=None, help="folder with Positive/ and Negative/")
+    parser.add_argument("--size", type=int, default=224)
+    parser.add_argument("--epochs", type=int, nargs="+", default=[10, 30])
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--predict-images", type=int, default=1000)
+    parser.add_argument("--split-copies", type=int, default=10)
+    parser.add_argument("--out", type=Path, default=RESULTS / "bench.json")
+    parser.add_argument("--part", help=argparse.SUPPRESS)
+    parser.add_argument("--result", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--project", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--work", type=Path, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+
+    if args.part:
+        handlers = {
+            "prepare": lambda: part_prepare(args.project),
+            "project_train": lambda: part_project_train(args.project, args.epochs[0]),
+            "seed_train": lambda: part_seed_train(args.project, max(args.epochs), sorted(args.epochs)),
+            "predict": lambda: part_predict(args.project, args.predict_images, args.batch),
+            "split": lambda: part_split(args.data, args.work, args.split_copies),
+        }
+        result = handlers[args.part]()
+        args.result.write_text(json.dumps(result))
+        return
+
+    if args.quick:
+        args.size, args.epochs, args.predict_images, args.split_copies = 64, [2, 3], 64, 2
+    data = args.data or (SHARED_SAMPLE if (SHARED_SAMPLE / "Positive").is_dir() else REPO_ROOT / "sample")
+    scratch = Path(tempfile.mkdtemp(prefix="crackcls-bench-"))
+    try:
+        project = make_project(scratch / "project", data, args.size, max(args.epochs), args.batch)
+        common = ["--project", str(project), "--batch", str(args.batch)]
+        prepared = run_part("prepare", *common)
+        results: dict = {
+            "machine": {
+                "cpu_count": os.cpu_count(),
+                "processor": platform.processor() or platform.machine(),
+                "python": platform.python_version(),
+            },
+            "data": str(data),
+            "split_counts": {k: prepared[k]["total"] for k in ("train", "val", "test")},
+            "size": args.size,
+            "training": [],
+        }
+        try:
+            import tensorflow as tf
+
+            results["machine"]["gpus"] = [d.name for d in tf.config.list_physical_devices("GPU")]
+        except Exception:  # noqa: BLE001 - informational only
+            results["machine"]["gpus"] = []
+        ours_runs = [run_part("project_train", *common, "--epochs", str(e)) for e in sorted(args.epochs)]
+        seed = run_part("seed_train", *common, "--epochs", *map(str, sorted(args.epochs)))
+        for ours, mark in zip(ours_runs, seed["checkpoints"]):
+            results["training"].append({"project": ours, "seed": mark})
+        results["prediction"] = run_part("predict", *common, "--predict-images", str(args.predict_images))
+        results["split"] = run_part("split", "--data", str(data), "--work", str(scratch / "split"), "--split-copies", str(args.split_copies))
+        results["memory"] = {
+            "training_mb": max(r["peak_rss_mb"] for r in ours_runs),
+            "seed_training_mb": seed["peak_rss_mb"],
+            "prediction_mb": results["prediction"]["peak_rss_mb"],
+        }
+        results["table"] = table(results)
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(results, indent=2))
+        print(results["table"])
+        print(f"\nwritten: {args.out}")
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,234 @@
+"""``crackcls predict``: label image files with a registered (or any) model, and show why.
+
+Inputs are files, folders (searched recursively) and glob patterns. The default model is
+the registry's ``champion``, the one promotion vouched for; ``--model`` takes anything
+:func:`crackcls.evaluation.load_model` does. Unreadable files never stop a run: they are
+counted, with their reasons, at the end. Scoring is :func:`crackcls.evaluation.score_files`,
+the same code the served model runs, so both give the same probabilities.
+"""
+
+from __future__ import annotations
+
+import csv
+import glob
+import io
+import json
+import os
+import sys
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from crackcls import atomic, paths, tracking
+from crackcls.config import Config, load_config
+from crackcls.errors import CrackclsError
+from crackcls.evaluation import CRACK, label_for, load_model, score_files
+from crackcls.images import SkipReport, iter_images
+
+CHAMPION = "champion"
+FORMATS = ("table", "json", "csv")
+COLUMNS = ("path", "label", "crack_probability", "threshold")
+GLOB_CHARS = frozenset("*?[")
+
+
+@dataclass
+class Prediction:
+    path: str
+    label: str
+    crack_probability: float
+    threshold: float
+    explanation: str | None = None  # the Grad-CAM overlay, with --explain
+
+
+@dataclass
+class PredictResult:
+    model: str
+    predictions: list[Prediction]
+    skipped: SkipReport = field(default_factory=SkipReport)
+
+
+def expand_inputs(inputs: Sequence[str]) -> list[Path]:
+    """Files named, found under folders (recursively) and matched by globs, in order, once each.
+
+    A path that does not exist, or a glob that matches nothing, is an error: it is
+    almost always a typo, and silently predicting on fewer files would hide it.
+    """
+    found: dict[str, Path] = {}
+    for spec in inputs:
+        if GLOB_CHARS & set(spec):
+            matches = sorted(glob.glob(os.path.expanduser(spec), recursive=True))
+            if not matches:
+                raise CrackclsError(f"{spec}: matches no files")
+        else:
+            matches = [os.path.expanduser(spec)]
+        for match in matches:
+            path = Path(match)
+            if path.is_dir():
+                candidates = list(iter_images(path))
+            elif path.exists() or path.is_symlink():
+                candidates = [path]
+            else:
+                raise CrackclsError(f"{spec}: no such file or folder")
+            for candidate in candidates:
+                found.setdefault(os.path.abspath(candidate), candidate)
+    if not found:
+        raise CrackclsError(f"no image files found in {', '.join(inputs) or 'the given paths'}")
+    return list(found.values())
+
+
+def _config() -> Config:
+    """params.yaml's settings; the defaults when run outside a project."""
+    if (paths.workspace_root() / "params.yaml").is_file():
+        return load_config()
+    return Config()
+
+
+def champion_spec(config: Config) -> str:
+    """``models:/<name>@champion``, checked first so a missing champion gets an actionable message."""
+    name = config.registry.model_name
+    tracking.configure_uri_only()
+    if tracking.alias_or_none(name, CHAMPION) is None:
+        raise CrackclsError(
+            f"registered model '{name}' has no @{CHAMPION} version in {tracking.tracking_uri()}: "
+            f"promote one with `crackcls promote`, or pass --model (e.g. models:/{name}@challenger or a .keras file)"
+        )
+    return f"models:/{name}@{CHAMPION}"
+
+
+def run(
+    inputs: Sequence[str],
+    model_spec: str | None = None,
+    threshold: float | None = None,
+    batch_size: int | None = None,
+    explain_dir: str | os.PathLike[str] | None = None,
+) -> PredictResult:
+    config = _config()
+    threshold = config.evaluate.threshold if threshold is None else threshold
+    if not 0.0 <= threshold <= 1.0:
+        raise CrackclsError(f"--threshold must be between 0 and 1, got {threshold:g}")
+    batch_size = batch_size or config.evaluate.batch_size
+    if batch_size < 1:
+        raise CrackclsError(f"--batch-size must be at least 1, got {batch_size}")
+    files = expand_inputs(inputs)
+    spec = model_spec or champion_spec(config)
+    model, _ = load_model(spec)
+
+    with _progress(len(files), batch_size) as bar:
+        scores = score_files(model, files, batch_size, base=Path.cwd(), progress=bar.update)
+    result = PredictResult(spec, [])
+    for path, probability, reason in zip(files, scores.probabilities, scores.reasons):
+        if reason is not None:
+            result.skipped.add(path, reason)
+            continue
+        probability = float(probability)
+        result.predictions.append(Prediction(str(path), label_for(probability, threshold), probability, threshold))
+    if explain_dir is not None and result.predictions:
+        _explain(model, result, Path(explain_dir))
+    return result
+
+
+def _progress(total: int, batch_size: int):  # noqa: ANN202 - a tqdm bar
+    from tqdm import tqdm
+
+    # Only for inputs larger than one batch, and (disable=None) only on a terminal.
+    return tqdm(
+        total=total, unit="img", desc="predict", file=sys.stderr, leave=False,
+        disable=None if total > batch_size else True,
+    )
+
+
+def _explain(model, result: PredictResult, out_dir: Path) -> None:  # noqa: ANN001 - a keras.Model
+    """One Grad-CAM overlay per predicted image, named after it (``name-2`` and so on on collisions)."""
+    from crackcls import gradcam
+
+    cam = gradcam.GradCam(model)
+    by_path = {Path(p.path): p for p in result.predictions}
+    targets = overlay_names(list(by_path), out_dir)
+    skips = SkipReport()
+    for path, rgb in cam.explain_files(list(by_path), skips):
+        by_path[path].explanation = str(gradcam.save_png(rgb, targets[path]))
+    for path, reason in skips.skipped:  # changed on disk since it was scored
+        result.skipped.add(path, f"explanation: {reason}")
+
+
+def overlay_names(files: Sequence[Path], out_dir: Path) -> dict[Path, Path]:
+    """``<stem>_gradcam.png`` per file, unique within this run."""
+    used: set[str] = set()
+    names: dict[Path, Path] = {}
+    for path in files:
+        stem, n = path.stem, 1
+        name = f"{stem}_gradcam.png"
+        while name.lower() in used:  # case-insensitive, for macOS and Windows file systems
+            n += 1
+            name = f"{stem}-{n}_gradcam.png"
+        used.add(name.lower())
+        names[path] = out_dir / name
+    return names
+
+
+def render(result: PredictResult, fmt: str) -> str:
+    """The predictions as an aligned table, a JSON list of rows, or CSV."""
+    with_explanations = any(p.explanation for p in result.predictions)
+    columns = [*COLUMNS, "explanation"] if with_explanations else list(COLUMNS)
+    rows = [{key: asdict(p)[key] for key in columns} for p in result.predictions]
+    if fmt == "json":
+        return json.dumps(rows, indent=2) + "\n"
+    if fmt == "csv":
+        buffer = io.StringIO()
+        writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
+        writer.writeheader()
+        writer.writerows({**row, "crack_probability": f"{row['crack_probability']:.6f}"} for row in rows)
+        return buffer.getvalue()
+    if fmt == "table":
+        return _table(rows, columns)
+    raise CrackclsError(f"unknown format '{fmt}'; use one of {', '.join(FORMATS)}")
+
+
+def _table(rows: list[dict], columns: list[str]) -> str:
+    cells = [
+        [f"{value:.4f}" if isinstance(value, float) else ("" if value is None else str(value)) for value in row.values()]
+        for row in rows
+    ]
+    widths = [max([len(name), *(len(line[i]) for line in cells)]) for i, name in enumerate(columns)]
+    numeric = {"crack_probability", "threshold"}
+
+    def line(values: list[str]) -> str:
+        return "  ".join(
+            value.rjust(width) if name in numeric else value.ljust(width)
+            for name, value, width in zip(columns, values, widths)
+        ).rstrip()
+
+    return "\n".join([line(list(columns)), *(line(values) for values in cells)]) + "\n"
+
+
+def summary(result: PredictResult) -> str:
+    """The closing lines for stderr: counts, and every skipped file with its reason."""
+    cracks = sum(p.label == CRACK for p in result.predictions)
+    lines = [
+        f"{len(result.predictions)} images predicted with {result.model}: "
+        f"{cracks} crack, {len(result.predictions) - cracks} no crack"
+    ]
+    if result.skipped.count:
+        reasons = ", ".join(f"{count} {reason}" for reason, count in result.skipped.by_reason().items())
+        lines.append(f"skipped {result.skipped.count} unreadable files ({reasons}):")
+        lines.extend(f"  {path}: {reason}" for path, reason in result.skipped.skipped)
+    else:
+        lines.append("skipped 0 unreadable files")
+    return "\n".join(lines)
+
+
+def output_format(fmt: str | None, output: str | os.PathLike[str] | None) -> str:
+    """The format asked for; else the one ``--output``'s suffix names (.json, .csv); else a table."""
+    if fmt:
+        return fmt
+    suffix = Path(output).suffix.lower().lstrip(".") if output else ""
+    return suffix if suffix in ("json", "csv") else "table"
+
+
+def write(result: PredictResult, fmt: str | None = None, output: str | os.PathLike[str] | None = None) -> str:
+    """Render the predictions; to ``output`` (atomically) when given, else return the text for stdout."""
+    text = render(result, output_format(fmt, output))
+    if output:
+        atomic.write_text(output, text)
+        return ""
+    return text

@@ -1,0 +1,150 @@
+"""The served form of the classifier: an MLflow pyfunc model that takes image files as base64.
+
+The training run logs two views of one model: MLflow's Keras flavour (``model``: tensors
+in, probabilities out, for people and notebooks) and this wrapper (``pyfunc``), which is
+the registered version. So ``mlflow models serve -m models:/crackcls@champion`` accepts
+
+    {"dataframe_records": [{"image": "<base64 of a .jpg/.png/... file>"}]}
+
+and answers one row per image with ``label``, ``crack_probability``, ``threshold`` and
+``error`` (set, with label and probability empty, for an image that cannot be read: one
+bad file never fails the whole request). A request may pass ``"params": {"threshold": t}``.
+
+Decoding and scoring are :func:`crackcls.evaluation.score_files`, the code behind
+``crackcls predict``, so the server and the command line return the same numbers. The
+``.keras`` file travels as a pyfunc artifact, so :func:`crackcls.evaluation.load_model`
+still finds it in the registered version, and the crackcls package travels as code, so
+the served model does not depend on a checkout.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import io
+import os
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import keras
+import mlflow
+import numpy as np
+import pandas as pd
+from mlflow.models import infer_signature
+from mlflow.models.model import ModelInfo
+from PIL import Image
+
+from crackcls.evaluation import label_for, score_files
+from crackcls.model import load_model_file
+
+IMAGE_COLUMN = "image"
+OUTPUT_COLUMNS = ("label", "crack_probability", "threshold", "error")
+KERAS_ARTIFACT = "keras_model"
+ARTIFACT_NAME = "pyfunc"
+BATCH_SIZE = 32
+NOT_BASE64 = "not base64"
+# What the served model needs beyond the Keras flavour's requirements: what crackcls imports.
+EXTRA_REQUIREMENTS = ("pandas", "pydantic", "pyyaml", "scikit-learn", "matplotlib")
+
+
+class CrackClassifier(mlflow.pyfunc.PythonModel):
+    """Base64-encoded image files in, one label and crack probability per image out."""
+
+    def load_context(self, context: mlflow.pyfunc.PythonModelContext) -> None:
+        self.model: keras.Model = load_model_file(context.artifacts[KERAS_ARTIFACT])
+        self.threshold = float((context.model_config or {}).get("threshold", 0.5))
+
+    def predict(
+        self, context: mlflow.pyfunc.PythonModelContext, model_input: pd.DataFrame, params: dict[str, Any] | None = None
+    ) -> pd.DataFrame:
+        threshold = float((params or {}).get("threshold", self.threshold))
+        return classify_encoded(self.model, model_input[IMAGE_COLUMN].tolist(), threshold)
+
+
+def classify_encoded(model: keras.Model, encoded: Sequence[Any], threshold: float) -> pd.DataFrame:
+    """Score base64 image files; a row's ``error`` says why it has no label and probability."""
+    count = len(encoded)
+    probabilities: list[float | None] = [None] * count
+    errors: list[str | None] = [None] * count
+    with tempfile.TemporaryDirectory(prefix="crackcls-serve-") as tmp:
+        files: dict[int, Path] = {}
+        for index, value in enumerate(encoded):
+            data = _decode_base64(value)
+            if data is None:
+                errors[index] = NOT_BASE64
+                continue
+            files[index] = Path(tmp) / f"{index}.img"  # the decoder sniffs the format, not the name
+            files[index].write_bytes(data)
+        scores = score_files(model, list(files.values()), BATCH_SIZE, base=Path(tmp))
+        for index, probability, reason in zip(files, scores.probabilities, scores.reasons):
+            errors[index] = reason
+            probabilities[index] = None if reason else float(probability)
+    columns = {
+        "label": [None if p is None else label_for(p, threshold) for p in probabilities],
+        "crack_probability": probabilities,
+        "threshold": [float(threshold)] * count,
+        "error": errors,
+    }
+    # object columns keep None as None: JSON null, where pandas' own missing value is NaN (not JSON)
+    return pd.DataFrame({name: pd.Series(values, dtype=object) for name, values in columns.items()}).astype(
+        {"threshold": float}
+    )
+
+
+def _decode_base64(value: Any) -> bytes | None:
+    if isinstance(value, (bytes, bytearray)):
+        return bytes(value)  # a pandas client may already hold raw bytes
+    if not isinstance(value, str):
+        return None
+    try:
+        return base64.b64decode("".join(value.split()), validate=True)
+    except (binascii.Error, ValueError):
+        return None
+
+
+def encode_file(path: str | os.PathLike[str]) -> str:
+    """An image file as the base64 text the served model expects."""
+    return base64.b64encode(Path(path).read_bytes()).decode("ascii")
+
+
+def example_image() -> str:
+    """A tiny synthetic PNG (grey with a dark diagonal line), base64: the logged input example."""
+    pixels = np.full((32, 32, 3), 170, np.uint8)
+    diagonal = np.arange(32)
+    pixels[diagonal, diagonal] = 40
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="PNG")
+    return base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def log_pyfunc(
+    model_file: Path,
+    threshold: float,
+    registered_model_name: str | None,
+    pip_requirements: list[str],
+    name: str = ARTIFACT_NAME,
+) -> ModelInfo:
+    """Log the wrapper (with the ``.keras`` file and the crackcls code) to the active run, and register it."""
+    example = pd.DataFrame({IMAGE_COLUMN: [example_image()]})
+    # One readable and one empty image, so the output schema types every column, optional where it may be empty.
+    output = classify_encoded(load_model_file(model_file), [example_image(), ""], threshold)
+    signature = infer_signature(example, output, params={"threshold": float(threshold)})
+    return mlflow.pyfunc.log_model(
+        name=name,
+        python_model=CrackClassifier(),
+        artifacts={KERAS_ARTIFACT: str(model_file)},
+        code_paths=[str(Path(__file__).parent)],
+        model_config={"threshold": float(threshold)},
+        signature=signature,
+        input_example=example,
+        registered_model_name=registered_model_name,
+        pip_requirements=[*pip_requirements, *_pinned(EXTRA_REQUIREMENTS)],
+    )
+
+
+def _pinned(names: tuple[str, ...]) -> list[str]:
+    from importlib.metadata import version
+
+    return [f"{name}=={version(name)}" for name in names]

@@ -1,0 +1,172 @@
+"""``mlflow models serve`` on the registered version: base64 images in, the same answers as ``crackcls predict``."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import requests
+from conftest import BIN_DIR, REPO_ROOT, run_pipeline_in_process, subprocess_env
+from test_predict import build_tiny_project, use_project_store
+
+from crackcls.jobs import predict
+from crackcls.serving import encode_file
+
+MODEL_URI = "models:/crackcls@challenger"
+# The command the README shows, verbatim but for the port.
+CURL = (
+    "curl -s http://127.0.0.1:PORT/invocations -H 'Content-Type: application/json' "
+    r'-d "{\"dataframe_records\": [{\"image\": \"$(base64 -w0 sample/Positive/00047.jpg)\"}]}"'
+)
+STARTUP_TIMEOUT_S = 120
+IMAGES = [
+    *sorted((REPO_ROOT / "sample" / "Positive").glob("*.jpg"))[:3],
+    *sorted((REPO_ROOT / "sample" / "Negative").glob("*.jpg"))[:3],
+]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    with pytest.MonkeyPatch.context() as patch:
+        project = build_tiny_project(tmp_path_factory.mktemp("serve") / "project")
+        use_project_store(patch, project)
+        run_pipeline_in_process(project)
+        yield project
+
+
+@pytest.fixture(scope="module")
+def server(project: Path) -> Iterator[str]:
+    """The registered @challenger behind ``mlflow models serve``; stopped (with its workers) afterwards."""
+    port = free_port()
+    env = {**subprocess_env(), "MLFLOW_TRACKING_URI": f"sqlite:///{project / 'mlflow.db'}"}
+    env.pop("MLFLOW_REGISTRY_URI", None)  # the registry follows the tracking URI
+    log = project / "serve.log"
+    command = [str(BIN_DIR / "mlflow"), "models", "serve", "-m", MODEL_URI, "--env-manager", "local",
+               "-h", "127.0.0.1", "-p", str(port)]
+    with log.open("wb") as sink:
+        # A new session, so the uvicorn worker the CLI starts is stopped with it.
+        process = subprocess.Popen(command, cwd=project, env=env, stdout=sink, stderr=subprocess.STDOUT,
+                                   start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + STARTUP_TIMEOUT_S
+        while True:
+            if process.poll() is not None:
+                pytest.fail(f"mlflow models serve exited with {process.returncode}:\n{log.read_text()[-3000:]}")
+            try:
+                if requests.get(f"{url}/ping", timeout=2).status_code == 200:
+                    break
+            except requests.ConnectionError:
+                pass
+            if time.monotonic() > deadline:
+                pytest.fail(f"no /ping after {STARTUP_TIMEOUT_S} s:\n{log.read_text()[-3000:]}")
+            time.sleep(1)
+        yield url
+    finally:
+        stop(process)
+
+
+def stop(process: subprocess.Popen) -> None:
+    if process.poll() is None:
+        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait(timeout=20)
+
+
+def invoke(url: str, payload: dict) -> requests.Response:
+    return requests.post(f"{url}/invocations", json=payload, timeout=60)
+
+
+def test_served_model_matches_crackcls_predict(project, server, monkeypatch):
+    response = invoke(server, {"dataframe_split": {"columns": ["image"], "data": [[encode_file(f)] for f in IMAGES]}})
+    assert response.status_code == 200, response.text
+    served = response.json()["predictions"]
+
+    use_project_store(monkeypatch, project)
+    expected = predict.run([str(f) for f in IMAGES], MODEL_URI).predictions
+    assert len(served) == len(expected) == len(IMAGES)
+    for row, local in zip(served, expected):
+        assert row["error"] is None
+        assert row["label"] == local.label
+        assert row["crack_probability"] == pytest.approx(local.crack_probability, abs=1e-4)
+        assert row["threshold"] == local.threshold == 0.5
+
+
+def test_an_unreadable_image_gets_an_error_row_not_a_failed_request(server):
+    garbage = os.urandom(2048)
+    payload = {
+        "dataframe_records": [
+            {"image": encode_file(IMAGES[0])},
+            {"image": base64.b64encode(garbage).decode()},
+            {"image": "this is not base64!"},
+        ]
+    }
+    response = invoke(server, payload)
+    assert response.status_code == 200, response.text
+    good, random_bytes, not_base64 = response.json()["predictions"]
+    assert good["error"] is None and good["label"] in ("crack", "no_crack")
+    assert random_bytes == {"label": None, "crack_probability": None, "threshold": 0.5, "error": "not an image"}
+    assert not_base64["error"] == "not base64" and not_base64["label"] is None
+
+
+def test_threshold_can_be_set_per_request(server):
+    image = {"image": encode_file(IMAGES[0])}
+    base = invoke(server, {"dataframe_records": [image]}).json()["predictions"][0]
+    for threshold, label in ((0.0, "crack"), (1.0, "crack" if base["crack_probability"] >= 1.0 else "no_crack")):
+        row = invoke(server, {"dataframe_records": [image], "params": {"threshold": threshold}}).json()["predictions"][0]
+        assert row["threshold"] == threshold and row["label"] == label
+
+
+@pytest.mark.skipif(shutil.which("curl") is None, reason="curl not installed")
+def test_documented_curl_command_works(project, server):
+    command = CURL.replace("PORT", server.rsplit(":", 1)[1])
+    done = subprocess.run(["bash", "-c", command], cwd=project, capture_output=True, text=True, timeout=60, check=True)
+    (row,) = json.loads(done.stdout)["predictions"]
+    assert row["label"] in ("crack", "no_crack") and 0.0 <= row["crack_probability"] <= 1.0
+
+
+def test_registered_version_is_the_pyfunc_beside_the_keras_flavour(project, monkeypatch):
+    """The registry serves the pyfunc; the run also holds the Keras flavour and the evaluation gallery."""
+    use_project_store(monkeypatch, project)
+    import mlflow
+    from mlflow.models import Model
+
+    from crackcls import tracking
+    from crackcls.evaluation import load_model
+
+    info = json.loads((project / "models/run.json").read_text())
+    tracking.configure_uri_only()
+    version = tracking.client().get_model_version_by_alias("crackcls", "challenger")
+    assert version.run_id == info["run_id"]
+    served = Model.load(mlflow.artifacts.download_artifacts(f"{MODEL_URI}/MLmodel"))
+    assert set(served.flavors) == {"python_function"}
+    assert served.flavors["python_function"]["artifacts"]["keras_model"]["path"].endswith(".keras")
+    assert [c.name for c in served.signature.inputs.inputs] == ["image"]
+    keras_flavour = Model.load(mlflow.artifacts.download_artifacts(f"runs:/{info['run_id']}/model/MLmodel"))
+    assert "keras" in keras_flavour.flavors
+
+    for spec in (MODEL_URI, f"models:/crackcls/{version.version}", f"runs:/{info['run_id']}/model"):
+        model, run_id = load_model(spec)  # promotion and `crackcls evaluate` load through here
+        assert run_id == info["run_id"] and model.input_shape == (None, 48, 48, 3)
+
+    assert (project / "reports/error_gallery.png").read_bytes()[:4] == b"\x89PNG"
+    logged = {a.path for a in tracking.client().list_artifacts(info["run_id"], "evaluation")}
+    assert "evaluation/error_gallery.png" in logged
