@@ -43,9 +43,13 @@ def write_params(project: Path, override: dict) -> dict:
 @pytest.fixture(autouse=True)
 def isolated_mlflow_env(monkeypatch: pytest.MonkeyPatch) -> None:
     """mlflow.set_tracking_uri() writes MLFLOW_*_URI into os.environ; undo it after each test."""
+    clear_mlflow_env(monkeypatch)
+
+
+def clear_mlflow_env(patch: pytest.MonkeyPatch) -> None:
     for name in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI"):
-        monkeypatch.setenv(name, "unset")
-        monkeypatch.delenv(name)
+        patch.setenv(name, "")
+        patch.delenv(name)
 
 
 def fresh_repo_copy(repo: Path) -> None:
@@ -74,22 +78,34 @@ def rar_fixtures() -> Path:
     return RAR_FIXTURES
 
 
-@pytest.fixture
-def tiny_project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """A project folder (params.yaml, dvc.yaml, a 40+40 image sample) as the working directory.
-
-    MLflow writes to ``<project>/mlflow.db``; the environment's tracking URI is cleared.
-    """
-    project = tmp_path / "project"
-    project.mkdir()
+def build_tiny_project(project: Path, per_class: int = 40) -> Path:
+    """A project folder: params.yaml (TINY_PARAMS), dvc.yaml and a per_class+per_class sample."""
+    project.mkdir(parents=True)
     shutil.copy(REPO_ROOT / "dvc.yaml", project / "dvc.yaml")
     for label in ("Positive", "Negative"):
         target = project / "sample" / label
         target.mkdir(parents=True)
-        for image in sorted((REPO_ROOT / "sample" / label).glob("*.jpg"))[:40]:
+        for image in sorted((REPO_ROOT / "sample" / label).glob("*.jpg"))[:per_class]:
             shutil.copy(image, target / image.name)
     write_params(project, TINY_PARAMS)
-    monkeypatch.chdir(project)
+    return project
+
+
+def use_project_store(patch: pytest.MonkeyPatch, project: Path) -> None:
+    """Work in ``project`` with MLflow on its own store, leaving no MLFLOW_* variables behind.
+
+    ``mlflow.set_tracking_uri``/``set_registry_uri`` write them into os.environ; setting
+    them here first makes the patch's undo remove them again.
+    """
+    patch.chdir(project)
+    clear_mlflow_env(patch)
+
+
+@pytest.fixture
+def tiny_project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A 40+40 image project (MLflow store ``<project>/mlflow.db``) as the working directory."""
+    project = build_tiny_project(tmp_path / "project")
+    use_project_store(monkeypatch, project)
     return project
 
 

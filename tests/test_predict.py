@@ -10,7 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import REPO_ROOT, TINY_PARAMS, run_pipeline_in_process, write_params
+from conftest import REPO_ROOT, build_tiny_project, run_pipeline_in_process, use_project_store
 
 from crackcls import cli, tracking
 from crackcls.errors import CrackclsError
@@ -18,32 +18,6 @@ from crackcls.jobs import predict
 
 CHALLENGER = "models:/crackcls@challenger"
 KERAS_FILE = "models/model.keras"
-
-
-def build_tiny_project(project: Path, per_class: int = 40) -> Path:
-    """The same project as conftest's ``tiny_project``, at a path a module-scoped fixture owns."""
-    project.mkdir(parents=True)
-    shutil.copy(REPO_ROOT / "dvc.yaml", project / "dvc.yaml")
-    for label in ("Positive", "Negative"):
-        target = project / "sample" / label
-        target.mkdir(parents=True)
-        for image in sorted((REPO_ROOT / "sample" / label).glob("*.jpg"))[:per_class]:
-            shutil.copy(image, target / image.name)
-    write_params(project, TINY_PARAMS)
-    return project
-
-
-def use_project_store(patch: pytest.MonkeyPatch, project: Path) -> None:
-    """Work in ``project`` with MLflow on its own store, and leave no MLflow variables behind.
-
-    ``mlflow.set_tracking_uri``/``set_registry_uri`` write MLFLOW_TRACKING_URI/MLFLOW_REGISTRY_URI
-    into os.environ; setting them here first makes the patch's undo remove them again, so
-    later tests (and the subprocesses they start) do not inherit this project's store.
-    """
-    patch.chdir(project)
-    for name in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI"):
-        patch.setenv(name, "")
-        patch.delenv(name)
 
 
 @pytest.fixture(scope="module")

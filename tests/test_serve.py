@@ -15,8 +15,7 @@ from pathlib import Path
 
 import pytest
 import requests
-from conftest import BIN_DIR, REPO_ROOT, run_pipeline_in_process, subprocess_env
-from test_predict import build_tiny_project, use_project_store
+from conftest import BIN_DIR, REPO_ROOT, build_tiny_project, run_pipeline_in_process, subprocess_env, use_project_store
 
 from crackcls.jobs import predict
 from crackcls.serving import encode_file

@@ -13,7 +13,7 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from crackcls import atomic, features, manifest, paths
+from crackcls import atomic, features, manifest, paths, runtime
 from crackcls.config import Config, load_config
 from crackcls.data import manifest_dataset
 from crackcls.errors import CrackclsError, user_errors_exit
@@ -23,6 +23,7 @@ CALIBRATION_BATCHES = 8
 
 
 def run(config: Config, workspace: Path) -> dict:
+    runtime.configure_precision()
     keras.utils.set_random_seed(config.train.seed)
     crack = build_model(config.model, config.train)
     out_dir = features.cache_dir(workspace)

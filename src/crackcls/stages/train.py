@@ -3,7 +3,8 @@
 Phase 1 trains the head with the backbone frozen: on cached features
 (``train.feature_cache``) or on images. Phase 2, when ``model.fine_tune_layers > 0``,
 unfreezes the top backbone layers and continues on images at a low learning rate.
-The model is logged with MLflow's Keras flavour, registered, and aliased
+The model is logged with MLflow's Keras flavour (``model``) and as a pyfunc that
+takes base64 images (``pyfunc``, the registered and served form), aliased
 ``challenger``; promotion to ``champion`` is a separate, gated step.
 """
 
@@ -22,7 +23,7 @@ import mlflow
 import numpy as np
 from mlflow.models import infer_signature
 
-from crackcls import atomic, features, manifest, paths, plots, serving, tracking
+from crackcls import atomic, features, manifest, paths, plots, runtime, serving, tracking
 from crackcls.config import Config, load_config
 from crackcls.data import manifest_dataset
 from crackcls.errors import CrackclsError, user_errors_exit
@@ -168,6 +169,13 @@ def _requirements() -> list[str]:
 
 
 def run(config: Config, workspace: Path) -> dict:
+    """Train under the strategy the machine calls for (several GPUs: MirroredStrategy)."""
+    runtime.configure_precision()
+    with runtime.strategy().scope():
+        return _train_and_track(config, workspace)
+
+
+def _train_and_track(config: Config, workspace: Path) -> dict:
     keras.utils.set_random_seed(config.train.seed)
     crack = build_model(config.model, config.train)
     weights_file = features.cache_dir(workspace) / features.BACKBONE_WEIGHTS_FILE
@@ -179,6 +187,7 @@ def run(config: Config, workspace: Path) -> dict:
     run_name = f"{config.model.backbone}-{config.model.image_size}px"
     with mlflow.start_run(run_name=run_name) as active:
         mlflow.set_tags({**tracking.git_tags(workspace), "stage": "train"})
+        mlflow.set_tags({f"runtime.{key}": str(value) for key, value in runtime.describe().items()})
         mlflow.log_params(tracking.flatten("", config.model_dump(mode="json")))
         started = time.perf_counter()
         if config.train.feature_cache:
