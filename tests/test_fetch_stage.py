@@ -215,3 +215,49 @@ def test_folder_without_images_is_refused(tmp_path: Path) -> None:
     with pytest.raises(CrackclsError, match="holds no images"):
         fetch.copy_dataset(tmp_path / "d", tmp_path / "raw")
     assert not (tmp_path / "raw").exists()
+
+
+def _disk_full(*args: object, **kwargs: object) -> None:
+    raise OSError(28, "No space left on device")
+
+
+def test_disk_full_while_extracting_keeps_previous_data(
+    project: Path, served: tuple[Path, str], capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    www, base = served
+    payload = dataset_zip()
+    (www / "file_downloaded").write_bytes(payload)
+    write_params(project, url=f"{base}/file_downloaded", sha256=sha(payload), size=len(payload))
+    assert run_main(capsys)[0] == 0
+    before = raw_snapshot(project)
+
+    import crackcls.archive
+
+    real_open = Path.open
+
+    def failing_open(self: Path, mode: str = "r", *args: object, **kwargs: object):  # type: ignore[no-untyped-def]
+        if mode == "xb":  # the extractor's file writes
+            _disk_full()
+        return real_open(self, mode, *args, **kwargs)
+
+    monkeypatch.setattr(crackcls.archive.Path, "open", failing_open)
+    code, err = run_main(capsys)
+    assert code == 2 and "No space left on device" in err and "Traceback" not in err
+    assert raw_snapshot(project) == before
+    assert sorted(p.name for p in (project / "data").iterdir()) == ["raw"]  # no half-extracted tree beside it
+
+
+def test_disk_full_while_downloading_is_a_clear_error(
+    project: Path, served: tuple[Path, str], capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    www, base = served
+    payload = dataset_zip()
+    (www / "file_downloaded").write_bytes(payload)
+    write_params(project, url=f"{base}/file_downloaded", sha256=sha(payload), size=len(payload))
+    import crackcls.download
+
+    monkeypatch.setattr(crackcls.download, "_stream_to", _disk_full)
+    code, err = run_main(capsys)
+    assert code == 2
+    assert "No space left on device" in err and "Free disk space" in err and "Traceback" not in err
+    assert not (project / "data" / "raw").exists()

@@ -60,10 +60,22 @@ def image_dataset(
     decode = _decoder(size)
     ds = ds.map(lambda p, y: (*decode(p), y), num_parallel_calls=AUTOTUNE, deterministic=True)
     if keep_flags:
-        ds = ds.map(lambda image, ok, y: (image, ok))
+        ds = ds.map(_image_and_flag)
     else:
-        ds = ds.filter(lambda image, ok, y: ok).map(lambda image, ok, y: (image, y))
+        ds = ds.filter(_decoded).map(_image_and_label)
     return ds.batch(batch_size).prefetch(AUTOTUNE)
+
+
+def _image_and_flag(image: tf.Tensor, ok: tf.Tensor, label: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+    return image, ok
+
+
+def _decoded(image: tf.Tensor, ok: tf.Tensor, label: tf.Tensor) -> tf.Tensor:
+    return ok
+
+
+def _image_and_label(image: tf.Tensor, ok: tf.Tensor, label: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+    return image, label
 
 
 def manifest_dataset(items: Sequence[Item], size: int, batch_size: int, **kwargs) -> tf.data.Dataset:
