@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
+import socket
 import shutil
 import subprocess
 import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -132,3 +139,45 @@ def subprocess_env() -> dict[str, str]:
     env.setdefault("GIT_COMMITTER_EMAIL", "tests@localhost")
     env["DVC_NO_ANALYTICS"] = "1"
     return env
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@contextlib.contextmanager
+def local_server(command: list[str], cwd: Path, env: dict[str, str], health_url: str, log: Path, timeout_s: float) -> Iterator[None]:
+    """Run a server on 127.0.0.1 until ``health_url`` answers 200; stop it and its workers afterwards.
+
+    It runs in a new session, so the uvicorn/gunicorn workers MLflow starts are stopped with it.
+    """
+    with log.open("wb") as sink:
+        process = subprocess.Popen(command, cwd=cwd, env=env, stdout=sink, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            if process.poll() is not None:
+                pytest.fail(f"{command[0]} exited with {process.returncode}:\n{log.read_text()[-4000:]}")
+            try:
+                with urllib.request.urlopen(health_url, timeout=5) as response:
+                    if response.status == 200:
+                        break
+            except (urllib.error.URLError, OSError):
+                pass
+            if time.monotonic() > deadline:
+                pytest.fail(f"{health_url} did not answer in {timeout_s} s:\n{log.read_text()[-4000:]}")
+            time.sleep(0.5)
+        yield
+    finally:
+        for sig, wait_s in ((signal.SIGTERM, 20), (signal.SIGKILL, 10)):
+            try:
+                os.killpg(process.pid, sig)
+            except ProcessLookupError:
+                break
+            try:
+                process.wait(timeout=wait_s)
+                break
+            except subprocess.TimeoutExpired:
+                continue

@@ -11,17 +11,12 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
-import socket
 import subprocess
-import time
-import urllib.error
-import urllib.request
 from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
-from conftest import BIN_DIR, TINY_PARAMS, deep_merge, run_pipeline_in_process, subprocess_env, write_params
+from conftest import BIN_DIR, TINY_PARAMS, deep_merge, free_port, local_server, run_pipeline_in_process, subprocess_env, write_params
 
 from crackcls import tracking
 
@@ -66,12 +61,6 @@ def visible_text(html: str) -> str:
     parser = _Text()
     parser.feed(html)
     return " ".join(" ".join(parser.parts).replace("\xa0", " ").split())
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def render(url: str, screenshot: Path, profile: Path, expect: list[str], attempts: int = 3) -> str:
@@ -119,43 +108,15 @@ def ui_server(ui_store, tmp_path):
     port = free_port()
     env = subprocess_env()
     env.update(MLFLOW_DISABLE_TELEMETRY="true", DO_NOT_TRACK="true")
-    log = tmp_path / "mlflow-ui.log"
     args = [
         str(BIN_DIR / "mlflow"), "ui",
         "--backend-store-uri", f"sqlite:///{project / 'mlflow.db'}",
         "--default-artifact-root", str(project / "mlruns"),
         "--host", "127.0.0.1", "--port", str(port),
     ]  # fmt: skip
-    with log.open("w") as handle:
-        server = subprocess.Popen(args, cwd=project, env=env, stdout=handle, stderr=subprocess.STDOUT, start_new_session=True)
     base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + SERVER_START_TIMEOUT_S
-        while True:
-            if server.poll() is not None:
-                pytest.fail(f"mlflow ui exited with {server.returncode}:\n{log.read_text()[-4000:]}")
-            try:
-                with urllib.request.urlopen(f"{base}/health", timeout=5) as response:
-                    if response.status == 200:
-                        break
-            except (urllib.error.URLError, OSError):
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"mlflow ui did not answer in {SERVER_START_TIMEOUT_S} s:\n{log.read_text()[-4000:]}")
-            time.sleep(0.5)
+    with local_server(args, project, env, f"{base}/health", tmp_path / "mlflow-ui.log", SERVER_START_TIMEOUT_S):
         yield base
-    finally:
-        # mlflow ui runs uvicorn in child processes: stop the whole session it leads
-        for sig, wait_s in ((signal.SIGTERM, 20), (signal.SIGKILL, 10)):
-            try:
-                os.killpg(server.pid, sig)
-            except ProcessLookupError:
-                break
-            try:
-                server.wait(timeout=wait_s)
-                break
-            except subprocess.TimeoutExpired:
-                continue
 
 
 def test_ui_shows_runs_params_metrics_and_the_registered_model(ui_store, ui_server, tmp_path):

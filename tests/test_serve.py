@@ -6,16 +6,22 @@ import base64
 import json
 import os
 import shutil
-import signal
-import socket
 import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import requests
-from conftest import BIN_DIR, REPO_ROOT, build_tiny_project, run_pipeline_in_process, subprocess_env, use_project_store
+from conftest import (
+    BIN_DIR,
+    REPO_ROOT,
+    build_tiny_project,
+    free_port,
+    local_server,
+    run_pipeline_in_process,
+    subprocess_env,
+    use_project_store,
+)
 
 from crackcls.jobs import predict
 from crackcls.serving import encode_file
@@ -33,12 +39,6 @@ IMAGES = [
 ]
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def project(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     with pytest.MonkeyPatch.context() as patch:
@@ -53,41 +53,11 @@ def server(project: Path) -> Iterator[str]:
     """The registered @challenger behind ``mlflow models serve``; stopped (with its workers) afterwards."""
     port = free_port()
     env = {**subprocess_env(), "MLFLOW_TRACKING_URI": f"sqlite:///{project / 'mlflow.db'}"}
-    env.pop("MLFLOW_REGISTRY_URI", None)  # the registry follows the tracking URI
-    log = project / "serve.log"
     command = [str(BIN_DIR / "mlflow"), "models", "serve", "-m", MODEL_URI, "--env-manager", "local",
-               "-h", "127.0.0.1", "-p", str(port)]
-    with log.open("wb") as sink:
-        # A new session, so the uvicorn worker the CLI starts is stopped with it.
-        process = subprocess.Popen(command, cwd=project, env=env, stdout=sink, stderr=subprocess.STDOUT,
-                                   start_new_session=True)
+               "-h", "127.0.0.1", "-p", str(port)]  # fmt: skip
     url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + STARTUP_TIMEOUT_S
-        while True:
-            if process.poll() is not None:
-                pytest.fail(f"mlflow models serve exited with {process.returncode}:\n{log.read_text()[-3000:]}")
-            try:
-                if requests.get(f"{url}/ping", timeout=2).status_code == 200:
-                    break
-            except requests.ConnectionError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"no /ping after {STARTUP_TIMEOUT_S} s:\n{log.read_text()[-3000:]}")
-            time.sleep(1)
+    with local_server(command, project, env, f"{url}/ping", project / "serve.log", STARTUP_TIMEOUT_S):
         yield url
-    finally:
-        stop(process)
-
-
-def stop(process: subprocess.Popen) -> None:
-    if process.poll() is None:
-        os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait(timeout=20)
 
 
 def invoke(url: str, payload: dict) -> requests.Response:
