@@ -12,7 +12,6 @@ import shutil
 import subprocess
 from pathlib import Path
 
-import mlflow
 import pytest
 from conftest import fresh_repo_copy, subprocess_env
 from mlflow.tracking import MlflowClient
@@ -59,8 +58,8 @@ def test_demo_writes_dvc_metrics_and_plots(demo_repo):
 
 
 def test_demo_tracks_the_run_and_crowns_a_champion(demo_repo):
-    mlflow.set_tracking_uri(f"sqlite:///{demo_repo / 'mlflow.db'}")
-    client = MlflowClient()
+    store = f"sqlite:///{demo_repo / 'mlflow.db'}"
+    client = MlflowClient(tracking_uri=store, registry_uri=store)  # not a registry URI another test set
     champion = client.get_model_version_by_alias("crackcls", "champion")
     run = client.get_run(champion.run_id)
     assert run.data.params["data.source"] == "sample"

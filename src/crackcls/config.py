@@ -140,7 +140,7 @@ class TrainConfig(_Section):
     fine_tune_learning_rate: float = Field(default=1e-5, gt=0)
     augment: AugmentConfig = AugmentConfig()
     feature_cache: bool = True
-    cache_views: int = Field(default=2, ge=1, le=64, description="augmented views cached per image")
+    cache_views: int = Field(default=1, ge=1, le=64, description="views cached per image (1 = the plain image)")
     seed: int = 42
 
 
