@@ -217,6 +217,14 @@ def test_folder_without_images_is_refused(tmp_path: Path) -> None:
     assert not (tmp_path / "raw").exists()
 
 
+def serve_dataset(project: Path, served: tuple[Path, str]) -> None:
+    """A dataset zip on the local server, with params pointing at it."""
+    www, base = served
+    payload = dataset_zip()
+    (www / "file_downloaded").write_bytes(payload)
+    write_params(project, url=f"{base}/file_downloaded", sha256=sha(payload), size=len(payload))
+
+
 def _disk_full(*args: object, **kwargs: object) -> None:
     raise OSError(28, "No space left on device")
 
@@ -224,10 +232,7 @@ def _disk_full(*args: object, **kwargs: object) -> None:
 def test_disk_full_while_extracting_keeps_previous_data(
     project: Path, served: tuple[Path, str], capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    www, base = served
-    payload = dataset_zip()
-    (www / "file_downloaded").write_bytes(payload)
-    write_params(project, url=f"{base}/file_downloaded", sha256=sha(payload), size=len(payload))
+    serve_dataset(project, served)
     assert run_main(capsys)[0] == 0
     before = raw_snapshot(project)
 
@@ -250,10 +255,7 @@ def test_disk_full_while_extracting_keeps_previous_data(
 def test_disk_full_while_downloading_is_a_clear_error(
     project: Path, served: tuple[Path, str], capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    www, base = served
-    payload = dataset_zip()
-    (www / "file_downloaded").write_bytes(payload)
-    write_params(project, url=f"{base}/file_downloaded", sha256=sha(payload), size=len(payload))
+    serve_dataset(project, served)
     import crackcls.download
 
     monkeypatch.setattr(crackcls.download, "_stream_to", _disk_full)
