@@ -24,7 +24,6 @@ from crackcls.errors import CrackclsError
 
 log = logging.getLogger(__name__)
 
-CHUNK_BYTES = 1 << 20
 # A dropped connection loses the chunk being read, so network reads stay small.
 NET_CHUNK_BYTES = 1 << 16
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
@@ -74,12 +73,9 @@ def _advised(message: str, advice: str) -> str:
 
 
 def sha256_file(path: Path) -> str:
-    """Hex sha256 of a file, read in chunks so a large archive never sits in memory."""
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        while chunk := handle.read(CHUNK_BYTES):
-            digest.update(chunk)
-    return digest.hexdigest()
+    """Hex sha256 of a file, streamed so a large archive never sits in memory."""
+    with Path(path).open("rb") as handle:
+        return hashlib.file_digest(handle, "sha256").hexdigest()
 
 
 def unreachable_reason(exc: BaseException) -> str | None:

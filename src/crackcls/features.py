@@ -9,7 +9,6 @@ model uses (seeded), and each epoch the head sees one view per image at random.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -19,6 +18,7 @@ import tensorflow as tf
 
 from crackcls import atomic, paths
 from crackcls.config import Config
+from crackcls.download import sha256_file
 from crackcls.errors import CrackclsError
 
 BACKBONE_WEIGHTS_FILE = "backbone.weights.h5"
@@ -40,10 +40,6 @@ class CacheKey:
     val_manifest: str
 
 
-def file_digest(path: Path) -> str:
-    with path.open("rb") as handle:
-        return hashlib.file_digest(handle, "sha256").hexdigest()
-
 
 def cache_key(config: Config, split_dir: Path) -> CacheKey:
     return CacheKey(
@@ -54,8 +50,8 @@ def cache_key(config: Config, split_dir: Path) -> CacheKey:
         flip=config.train.augment.flip,
         rotation=config.train.augment.rotation,
         seed=config.train.seed,
-        train_manifest=file_digest(split_dir / "train.csv"),
-        val_manifest=file_digest(split_dir / "val.csv"),
+        train_manifest=sha256_file(split_dir / "train.csv"),
+        val_manifest=sha256_file(split_dir / "val.csv"),
     )
 
 

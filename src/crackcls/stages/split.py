@@ -6,7 +6,6 @@ to ``data/split/{train,val,test}.csv`` plus ``reports/split.json`` as DVC metric
 
 from __future__ import annotations
 
-import hashlib
 import itertools
 import os
 import threading
@@ -18,16 +17,18 @@ from tqdm import tqdm
 
 from crackcls import atomic, manifest, paths
 from crackcls.config import Config, load_config
+from crackcls.download import sha256_file
 from crackcls.errors import CrackclsError, user_errors_exit
 from crackcls.images import SkipReport, iter_images, probe
-from crackcls.splitting import Item, cap_per_class, collapse_duplicates, stratified_split
+from crackcls.splitting import (
+    Item,
+    cap_per_class,
+    collapse_duplicates,
+    stratified_split,
+)
 
 HASH_WORKERS = 8
 
-
-def sha256_file(path: Path) -> str:
-    with path.open("rb") as handle:
-        return hashlib.file_digest(handle, "sha256").hexdigest()
 
 
 def _check_and_hash(path: Path) -> tuple[str | None, str | None]:
