@@ -140,16 +140,17 @@ def evaluate_items(
 ) -> Evaluation:
     if not items:
         raise CrackclsError("nothing to evaluate: the image list is empty")
-    probs, ok = predict_files(model, [it.path for it in items], batch_size, base)
+    scores = score_files(model, [it.path for it in items], batch_size, base)
     skipped = SkipReport()
-    for item, good in zip(items, ok):
-        if not good:
-            skipped.add(item.path, "unreadable")
+    for item, reason in zip(items, scores.reasons):
+        if reason is not None:
+            skipped.add(item.path, reason)
+    ok = np.array([reason is None for reason in scores.reasons])
     kept = [it for it, good in zip(items, ok) if good]
     if not kept:
         raise CrackclsError("no image could be read; see the skipped list")
     y_true = np.asarray([it.label for it in kept], int)
-    y_prob = probs[ok]
+    y_prob = scores.probabilities[ok]
     return Evaluation(
         classification_metrics(y_true, y_prob, threshold), [it.path for it in kept], y_true, y_prob, threshold, skipped
     )
