@@ -13,10 +13,18 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from crackcls import paths
 from crackcls.errors import CrackclsError
+from crackcls.images import layout_problem
 
 Backbone = Literal["mobilenet_v2", "mobilenet_v3_small", "mobilenet_v3_large", "resnet50", "efficientnet_b0"]
 BACKBONES: tuple[str, ...] = Backbone.__args__  # type: ignore[attr-defined]
@@ -93,12 +101,8 @@ class DataConfig(_Section):
         folder = paths.resolve(value)
         if not folder.is_dir():
             raise ValueError(f"'{value}' is not 'mendeley', 'sample', or an existing folder with Positive/ and Negative/")
-        for label in paths.LABELS:
-            class_dir = folder / label
-            if not class_dir.is_dir():
-                raise ValueError(f"folder '{value}' has no {label}/ subfolder")
-            if not any(p.suffix.lower() in paths.IMAGE_SUFFIXES for p in class_dir.rglob("*") if p.is_file()):
-                raise ValueError(f"class folder '{class_dir}' holds zero images")
+        if problem := layout_problem(folder):
+            raise ValueError(problem)
         return value
 
 

@@ -24,7 +24,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from crackcls.errors import CrackclsError
-from crackcls.paths import IMAGE_SUFFIXES
+from crackcls.paths import IMAGE_SUFFIXES, LABELS
 
 # Largest image decoded, in pixels (width * height from the header, checked before decoding).
 # Above any camera in use (~100 MP medium format) while bounding memory per decoding thread.
@@ -223,6 +223,17 @@ def load_batch(
             arrays.append(result)
     batch = np.stack(arrays) if arrays else np.zeros((0, size, size, 3), np.uint8)
     return batch, kept
+
+
+def layout_problem(folder: Path) -> str | None:
+    """Why ``folder`` cannot serve as a labelled dataset (Positive/ and Negative/ with images), or None."""
+    for label in LABELS:
+        class_dir = folder / label
+        if not class_dir.is_dir():
+            return f"'{folder}' has no {label}/ subfolder; a dataset folder needs Positive/ and Negative/"
+        if next(iter_images(class_dir), None) is None:
+            return f"class folder '{class_dir}' holds no images (zero images of types {', '.join(sorted(IMAGE_SUFFIXES))})"
+    return None
 
 
 def iter_images(root: Path) -> Iterator[Path]:

@@ -14,10 +14,17 @@ import shutil
 from pathlib import Path
 
 from crackcls import atomic, paths
-from crackcls.archive import ArchiveError, ArchiveReadError, ExtractReport, extract_dataset, libarchive_version
+from crackcls.archive import (
+    ArchiveError,
+    ArchiveReadError,
+    ExtractReport,
+    extract_dataset,
+    libarchive_version,
+)
 from crackcls.config import Config, DownloadConfig, load_config
 from crackcls.download import DownloadError, download, sha256_file
 from crackcls.errors import CrackclsError, user_errors_exit
+from crackcls.images import iter_images, layout_problem
 
 DOWNLOAD_DIR = Path("downloads")
 ARCHIVE_NAME = "concrete_crack_images.rar"
@@ -52,12 +59,8 @@ def _ignore_non_images(folder: str, names: list[str]) -> set[str]:
 
 def validate_layout(folder: Path) -> None:
     """Refuse a source that lacks Positive/ or Negative/ or has a class with no images."""
-    for label in paths.LABELS:
-        class_dir = folder / label
-        if not class_dir.is_dir():
-            raise CrackclsError(f"{folder} has no {label}/ folder; a dataset folder needs Positive/ and Negative/")
-        if not any(p.is_file() and p.suffix.lower() in paths.IMAGE_SUFFIXES for p in class_dir.rglob("*")):
-            raise CrackclsError(f"{class_dir} holds no images ({', '.join(sorted(paths.IMAGE_SUFFIXES))})")
+    if problem := layout_problem(folder):
+        raise CrackclsError(problem)
 
 
 def class_stats(root: Path) -> dict:
@@ -65,7 +68,7 @@ def class_stats(root: Path) -> dict:
     files: dict[str, int] = {}
     size = 0
     for label in paths.LABELS:
-        images = [p for p in (root / label).rglob("*") if p.is_file() and p.suffix.lower() in paths.IMAGE_SUFFIXES]
+        images = list(iter_images(root / label))
         files[label] = len(images)
         size += sum(p.stat().st_size for p in images)
     return {"files": files, "bytes": size}
