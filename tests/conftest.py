@@ -116,6 +116,16 @@ def tiny_project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return project
 
 
+@contextlib.contextmanager
+def trained_tiny_project(tmp_path_factory: pytest.TempPathFactory, name: str) -> Iterator[Path]:
+    """One pipeline run on a tiny project (model registered as @challenger), for a module-scoped fixture."""
+    with pytest.MonkeyPatch.context() as patch:
+        project = build_tiny_project(tmp_path_factory.mktemp(name) / "project")
+        use_project_store(patch, project)
+        run_pipeline_in_process(project)
+        yield project
+
+
 def run_pipeline_in_process(project: Path) -> dict:
     """fetch → split → features → train → evaluate through each stage's run()."""
     from crackcls.config import load_config

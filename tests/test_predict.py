@@ -10,7 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import REPO_ROOT, build_tiny_project, run_pipeline_in_process, use_project_store
+from conftest import REPO_ROOT, trained_tiny_project, use_project_store
 
 from crackcls import cli, tracking
 from crackcls.errors import CrackclsError
@@ -23,10 +23,7 @@ KERAS_FILE = "models/model.keras"
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """One pipeline run (model registered as @challenger, no @champion) shared by this module."""
-    with pytest.MonkeyPatch.context() as patch:
-        project = build_tiny_project(tmp_path_factory.mktemp("predict") / "project")
-        use_project_store(patch, project)
-        run_pipeline_in_process(project)
+    with trained_tiny_project(tmp_path_factory, "predict") as project:
         yield project
 
 

@@ -15,10 +15,9 @@ import requests
 from conftest import (
     BIN_DIR,
     REPO_ROOT,
-    build_tiny_project,
     free_port,
     local_server,
-    run_pipeline_in_process,
+    trained_tiny_project,
     subprocess_env,
     use_project_store,
 )
@@ -41,10 +40,7 @@ IMAGES = [
 
 @pytest.fixture(scope="module")
 def project(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    with pytest.MonkeyPatch.context() as patch:
-        project = build_tiny_project(tmp_path_factory.mktemp("serve") / "project")
-        use_project_store(patch, project)
-        run_pipeline_in_process(project)
+    with trained_tiny_project(tmp_path_factory, "serve") as project:
         yield project
 
 
