@@ -24,13 +24,29 @@ SHARED_SAMPLE = SHARED / "data" / "concrete-crack-sample"
 RAR_FIXTURES = SHARED / "fixtures" / "rar"
 BIN_DIR = Path(sys.executable).parent
 
-# Small and fast: an untrained backbone, small images, few epochs.
+# Small and fast: the compact backbone from scratch, small images, few epochs.
 TINY_PARAMS = {
     "data": {"source": "sample", "download": {"mirror_url": None}},
-    "model": {"backbone": "mobilenet_v2", "weights": "none", "image_size": 48},
+    "model": {"backbone": "compact_cnn", "weights": "none", "image_size": 48},
     "train": {"epochs": 3, "patience": 2, "batch_size": 16, "cache_views": 2},
     "mlflow": {"experiment": "tests"},
 }
+
+
+def pretrained_params(folder: Path, backbone: str = "mobilenet_v2", size: int = 48) -> dict:
+    """Params for the pretrained path (frozen backbone, feature cache) with a weights file saved here.
+
+    ImageNet weights cannot be downloaded in tests; a file of the same architecture takes
+    the same code path as a user's own weights file.
+    """
+    from crackcls.config import ModelConfig
+    from crackcls.model import build_backbone
+
+    weights = folder / f"{backbone}-{size}px.weights.h5"
+    if not weights.is_file():
+        folder.mkdir(parents=True, exist_ok=True)
+        build_backbone(ModelConfig(backbone=backbone, weights="none", image_size=size)).save_weights(str(weights))
+    return {"model": {"backbone": backbone, "weights": str(weights), "image_size": size}}
 
 
 def deep_merge(base: dict, override: dict) -> dict:

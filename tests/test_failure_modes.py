@@ -26,7 +26,15 @@ import mlflow
 import numpy as np
 import psutil
 import pytest
-from conftest import REPO_ROOT, TINY_PARAMS, deep_merge, run_pipeline_in_process, subprocess_env, write_params
+from conftest import (
+    REPO_ROOT,
+    TINY_PARAMS,
+    deep_merge,
+    pretrained_params,
+    run_pipeline_in_process,
+    subprocess_env,
+    write_params,
+)
 from mlflow.tracking import MlflowClient
 
 from crackcls import cli, manifest, paths, tracking
@@ -414,7 +422,7 @@ def test_features_killed_mid_extraction_keeps_previous_cache_and_reruns(tmp_path
     from crackcls import features as feature_cache
     from crackcls.stages import features
 
-    project = make_project(tmp_path / "project")
+    project = make_project(tmp_path / "project", pretrained_params(tmp_path / "weights"))
     prepare(project, until="features")
     cache = project / paths.FEATURES_DIR
     before = {p.name: p.read_bytes() for p in cache.iterdir()}

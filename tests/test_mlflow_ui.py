@@ -122,7 +122,7 @@ def ui_server(ui_store, tmp_path):
 def test_ui_shows_runs_params_metrics_and_the_registered_model(ui_store, ui_server, tmp_path):
     champion, challenger, run = ui_store["champion"], ui_store["challenger"], ui_store["run"]
     experiment_id, run_id, run_name = champion["experiment_id"], champion["run_id"], run.info.run_name
-    assert run_name == "mobilenet_v2-48px"
+    assert run_name == "compact_cnn-48px"
     profile = tmp_path / "chromium"
 
     runs_page = render(
@@ -135,7 +135,7 @@ def test_ui_shows_runs_params_metrics_and_the_registered_model(ui_store, ui_serv
         f"{ui_server}/#/experiments/{experiment_id}/runs/{run_id}",
         tmp_path / "ui_run.png",
         profile,
-        ["model.backbone", "mobilenet_v2", "model.image_size", "test_f1", "test_roc_auc", "val_loss"],
+        ["model.backbone", "compact_cnn", "model.image_size", "test_f1", "test_roc_auc", "val_loss"],
     )
     assert run_id in run_page
     assert f"train.epochs {TINY_PARAMS['train']['epochs']}" in run_page
@@ -151,7 +151,7 @@ def test_ui_shows_runs_params_metrics_and_the_registered_model(ui_store, ui_serv
     # each alias sits on its own version's row (versions are listed newest first)
     assert models_page.index(f"Version {v2}") < models_page.index("@ challenger") < models_page.index(f"Version {v1}")
     assert models_page.index(f"Version {v1}") < models_page.index("@ champion")
-    assert "backbone : mobilenet_v2" in models_page  # the version tag set at registration
+    assert "backbone : compact_cnn" in models_page  # the version tag set at registration
 
     for png in ("ui.png", "ui_run.png", "ui_model.png"):
         assert (tmp_path / png).read_bytes()[:4] == b"\x89PNG", png

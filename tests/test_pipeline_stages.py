@@ -41,7 +41,7 @@ def test_stages_produce_reports_and_register_a_challenger(tiny_project):
     info = results["train"]
     tracking.configure_uri_only()
     run = mlflow.get_run(info["run_id"])
-    assert run.data.params["model.backbone"] == "mobilenet_v2"
+    assert run.data.params["model.backbone"] == "compact_cnn"
     assert run.data.params["train.epochs"] == "3"
     assert "test_f1" in run.data.metrics and "val_loss" in run.data.metrics
     assert run.data.tags["stage"] == "train"

@@ -21,7 +21,7 @@ from pathlib import Path
 import mlflow
 import pytest
 import yaml
-from conftest import REPO_ROOT, TINY_PARAMS, deep_merge, run_pipeline_in_process, write_params
+from conftest import REPO_ROOT, TINY_PARAMS, deep_merge, pretrained_params, run_pipeline_in_process, write_params
 
 from crackcls import tracking
 from crackcls.config import load_config
@@ -194,7 +194,8 @@ def test_70_30_split_with_images_instead_of_the_feature_cache(tiny_project):
 
 @pytest.mark.e2e
 def test_resnet50_fine_tune_configuration_runs_both_phases(tiny_project):
-    write_params(tiny_project, tiny(FINE_TUNE, train={"epochs": 2, "fine_tune_epochs": 1}))
+    weights = pretrained_params(tiny_project.parent / "weights", "resnet50", 48)
+    write_params(tiny_project, deep_merge(tiny(FINE_TUNE, train={"epochs": 2, "fine_tune_epochs": 1}), weights))
     results = run_pipeline_in_process(tiny_project)
 
     phases = [row["phase"] for row in history_rows(tiny_project)]

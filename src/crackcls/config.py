@@ -26,9 +26,10 @@ from crackcls import paths
 from crackcls.errors import CrackclsError
 from crackcls.images import layout_problem
 
-Backbone = Literal["mobilenet_v2", "mobilenet_v3_small", "mobilenet_v3_large", "resnet50", "efficientnet_b0"]
+Backbone = Literal["compact_cnn", "mobilenet_v2", "mobilenet_v3_small", "mobilenet_v3_large", "resnet50", "efficientnet_b0"]
 BACKBONES: tuple[str, ...] = Backbone.__args__  # type: ignore[attr-defined]
 PromoteMetric = Literal["accuracy", "precision", "recall", "f1", "roc_auc"]
+Schedule = Literal["cosine", "constant"]
 
 MENDELEY_URL = (
     "https://data.mendeley.com/public-files/datasets/5y9wdsg2zt/files/"
@@ -129,10 +130,30 @@ class ModelConfig(_Section):
             raise ValueError(f"'{value}' is not 'imagenet', 'none', or an existing weights file")
         return value
 
+    @model_validator(mode="after")
+    def _compact_has_no_imagenet(self) -> ModelConfig:
+        if self.backbone == "compact_cnn" and self.weights == "imagenet":
+            raise ValueError("compact_cnn has no ImageNet weights; use weights: none (train from scratch) or a weights file")
+        return self
+
 
 class AugmentConfig(_Section):
     flip: bool = True
     rotation: float = Field(default=0.1, ge=0, le=0.5, description="fraction of a full turn")
+    brightness: float = Field(default=0.0, ge=0, le=1, description="max shift, fraction of the pixel range")
+    contrast: float = Field(default=0.0, ge=0, le=1, description="max contrast change, fraction")
+
+
+class ScratchConfig(_Section):
+    """How every layer trains when ``model.weights`` is ``none``; unused with pretrained weights."""
+
+    learning_rate: float = Field(default=3e-3, gt=0, description="peak, after warm-up")
+    schedule: Schedule = "cosine"
+    warmup_epochs: int = Field(default=1, ge=0)
+    weight_decay: float = Field(default=1e-4, ge=0, description="AdamW decoupled weight decay")
+    label_smoothing: float = Field(default=0.0, ge=0, lt=0.5)
+    batchnorm_momentum: float = Field(default=0.9, gt=0, lt=1)
+    batchnorm_recalibration_batches: int = Field(default=50, ge=0, description="0 keeps the moving averages")
 
 
 class TrainConfig(_Section):
@@ -145,6 +166,7 @@ class TrainConfig(_Section):
     augment: AugmentConfig = AugmentConfig()
     feature_cache: bool = True
     cache_views: int = Field(default=1, ge=1, le=64, description="views cached per image (1 = the plain image)")
+    scratch: ScratchConfig = ScratchConfig()
     seed: int = 42
 
 

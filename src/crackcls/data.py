@@ -24,12 +24,12 @@ AUTOTUNE = tf.data.AUTOTUNE
 def _decoder(size: int):
     def decode(path: bytes) -> tuple[np.ndarray, np.bool_]:
         try:
-            return load_rgb(path.decode("utf-8"), size).astype(np.float32), np.bool_(True)
+            return load_rgb(path.decode("utf-8"), size), np.bool_(True)
         except UnreadableImage:
-            return np.zeros((size, size, 3), np.float32), np.bool_(False)
+            return np.zeros((size, size, 3), np.uint8), np.bool_(False)
 
     def tf_decode(path: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-        image, ok = tf.numpy_function(decode, [path], (tf.float32, tf.bool), stateful=False)
+        image, ok = tf.numpy_function(decode, [path], (tf.uint8, tf.bool), stateful=False)
         image.set_shape((size, size, 3))
         ok.set_shape(())
         return image, ok
@@ -46,16 +46,19 @@ def image_dataset(
     shuffle_seed: int | None = None,
     base: Path | None = None,
     keep_flags: bool = False,
+    cache: bool = False,
 ) -> tf.data.Dataset:
-    """Batches of (image, label) — or (image, ok) with ``keep_flags`` — decoded in parallel.
+    """Batches of float (image, label) — or (image, ok) with ``keep_flags`` — decoded in parallel.
 
-    Order is deterministic; with ``shuffle_seed`` the file order is reshuffled each epoch.
+    Order is deterministic; with ``shuffle_seed`` the order is reshuffled each epoch.
+    ``cache`` keeps the decoded images in memory as uint8 (3 bytes a pixel), so epochs
+    after the first decode nothing: training from scratch reads every image each epoch.
     """
     root = base or paths.workspace_root()
     resolved = [str(paths.resolve(f, root)) for f in files]
     targets = np.asarray(labels if labels is not None else [0] * len(resolved), np.float32)
     ds = tf.data.Dataset.from_tensor_slices((resolved, targets))
-    if shuffle_seed is not None:
+    if shuffle_seed is not None and not cache:
         ds = ds.shuffle(len(resolved), seed=shuffle_seed, reshuffle_each_iteration=True)
     decode = _decoder(size)
     ds = ds.map(lambda p, y: (*decode(p), y), num_parallel_calls=AUTOTUNE, deterministic=True)
@@ -63,7 +66,11 @@ def image_dataset(
         ds = ds.map(_image_and_flag)
     else:
         ds = ds.filter(_decoded).map(_image_and_label)
-    return ds.batch(batch_size).prefetch(AUTOTUNE)
+    if cache:
+        ds = ds.cache()
+        if shuffle_seed is not None:
+            ds = ds.shuffle(len(resolved), seed=shuffle_seed, reshuffle_each_iteration=True)
+    return ds.map(_as_float).batch(batch_size).prefetch(AUTOTUNE)
 
 
 def _image_and_flag(image: tf.Tensor, ok: tf.Tensor, label: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
@@ -76,6 +83,10 @@ def _decoded(image: tf.Tensor, ok: tf.Tensor, label: tf.Tensor) -> tf.Tensor:
 
 def _image_and_label(image: tf.Tensor, ok: tf.Tensor, label: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
     return image, label
+
+
+def _as_float(image: tf.Tensor, second: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+    return tf.cast(image, tf.float32), second
 
 
 def manifest_dataset(items: Sequence[Item], size: int, batch_size: int, **kwargs) -> tf.data.Dataset:

@@ -41,6 +41,16 @@ class CacheKey:
 
 
 
+def used(config: Config) -> bool:
+    """Whether training has a frozen phase on cached features (never from scratch: every layer trains)."""
+    return config.train.feature_cache and config.model.weights != "none"
+
+
+def save_unused(cache_dir: Path) -> None:
+    """Mark the cache as deliberately empty, so DVC still has this stage's output."""
+    atomic.write_json(cache_dir / META_FILE, {"feature_cache": False})
+
+
 def cache_key(config: Config, split_dir: Path) -> CacheKey:
     return CacheKey(
         backbone=config.model.backbone,

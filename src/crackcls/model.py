@@ -1,9 +1,21 @@
-"""The classifier: an ImageNet backbone, its own preprocessing, and a pooled dense head.
+"""The classifier: a backbone, its own preprocessing, and a pooled dense head.
 
-Inputs are RGB images as float pixels in [0, 255]; each backbone's preprocessing is
-built into the model, so a saved ``.keras`` file takes raw pixels and needs nothing
-else to predict. Only built-in or registered layers are used, so models load with
-Keras's safe mode (no Lambda layers).
+Backbones are the five ImageNet applications and ``compact_cnn``, a small network made
+for this task that trains from random initialisation on a CPU in minutes. Inputs are RGB
+images as float pixels in [0, 255]; each backbone's preprocessing is built into the
+model, so a saved ``.keras`` file takes raw pixels and needs nothing else to predict.
+Only built-in or registered layers are used, so models load with Keras's safe mode (no
+Lambda layers).
+
+Two ways to train (chosen by ``model.weights``):
+
+- pretrained (``imagenet`` or a weights file): the backbone stays frozen, BatchNorm in
+  inference mode, and only the head trains (then optionally the top layers);
+- from scratch (``none``): every layer trains; BatchNorm uses batch statistics while
+  training, a faster-moving average (``train.scratch.batchnorm_momentum``), and its
+  inference statistics are recomputed from training images once training ends
+  (:func:`calibrate_batchnorm`), so a model never meets test images with statistics
+  that lag behind its weights.
 """
 
 from __future__ import annotations
@@ -46,7 +58,39 @@ def _built_in() -> list[layers.Layer]:
     return []  # MobileNetV3 and EfficientNet rescale inside the backbone
 
 
+COMPACT_FILTERS = (32, 64, 128, 128)
+
+
+def compact_cnn(
+    include_top: bool = False,
+    weights: str | None = None,
+    input_shape: tuple[int, int, int] = (96, 96, 3),
+    filters: tuple[int, ...] = COMPACT_FILTERS,
+) -> keras.Model:
+    """Four Conv-BatchNorm-ReLU-MaxPool blocks: enough for crack texture, small enough for a CPU.
+
+    Same call signature as a Keras application (no top), so it plugs in beside them;
+    ``weights`` is None or a weights file of this same architecture.
+    """
+    if include_top:
+        raise ValueError("compact_cnn is a feature extractor; it has no classification top")
+    inputs = keras.Input(shape=input_shape, name="compact_input")
+    x = inputs
+    for block, width in enumerate(filters, start=1):
+        x = layers.Conv2D(width, 3, padding="same", use_bias=False, name=f"block{block}_conv")(x)
+        x = layers.BatchNormalization(name=f"block{block}_bn")(x)
+        x = layers.ReLU(name=f"block{block}_relu")(x)
+        x = layers.MaxPooling2D(name=f"block{block}_pool")(x)
+    model = keras.Model(inputs, x, name="compact_cnn")
+    if weights not in (None, "none"):
+        if weights == "imagenet":
+            raise ValueError("compact_cnn has no ImageNet weights; train it from scratch (weights: none)")
+        model.load_weights(weights)
+    return model
+
+
 BACKBONES: dict[str, BackboneSpec] = {
+    "compact_cnn": BackboneSpec(compact_cnn, _scale_to_unit_range, {}),
     "mobilenet_v2": BackboneSpec(keras.applications.MobileNetV2, _scale_to_unit_range, {}),
     "mobilenet_v3_small": BackboneSpec(
         keras.applications.MobileNetV3Small, _built_in, {"include_preprocessing": True}
@@ -72,14 +116,25 @@ def build_backbone(config: ModelConfig) -> keras.Model:
 
 
 def augmentation(train: TrainConfig) -> list[layers.Layer]:
+    """Seeded, training-only augmentation; a zero amount adds no layer, so old models keep their shape."""
+    settings, seed = train.augment, train.seed
     augment: list[layers.Layer] = []
-    if train.augment.flip:
-        augment.append(layers.RandomFlip("horizontal_and_vertical", seed=train.seed, name="flip"))
-    if train.augment.rotation > 0:
+    if settings.flip:
+        augment.append(layers.RandomFlip("horizontal_and_vertical", seed=seed, name="flip"))
+    if settings.rotation > 0:
+        augment.append(layers.RandomRotation(settings.rotation, fill_mode="reflect", seed=seed, name="rotate"))
+    if settings.brightness > 0:
         augment.append(
-            layers.RandomRotation(train.augment.rotation, fill_mode="reflect", seed=train.seed, name="rotate")
+            layers.RandomBrightness(settings.brightness, value_range=(0.0, 255.0), seed=seed, name="brightness")
         )
+    if settings.contrast > 0:
+        augment.append(layers.RandomContrast(settings.contrast, value_range=(0.0, 255.0), seed=seed, name="contrast"))
     return augment
+
+
+def from_scratch(model_cfg: ModelConfig) -> bool:
+    """``weights: none`` trains every layer; pretrained weights train the head on a frozen backbone."""
+    return model_cfg.weights == "none"
 
 
 @dataclass
@@ -97,7 +152,10 @@ class CrackModel:
 def build_model(model_cfg: ModelConfig, train_cfg: TrainConfig) -> CrackModel:
     size = model_cfg.image_size
     backbone = build_backbone(model_cfg)
-    backbone.trainable = False
+    scratch = from_scratch(model_cfg)
+    backbone.trainable = scratch
+    if scratch:
+        set_batchnorm_momentum(backbone, train_cfg.scratch.batchnorm_momentum)
     augment = keras.Sequential(augmentation(train_cfg), name="augment")
 
     inputs = keras.Input(shape=(size, size, 3), name="image")
@@ -105,7 +163,9 @@ def build_model(model_cfg: ModelConfig, train_cfg: TrainConfig) -> CrackModel:
     preprocess = BACKBONES[model_cfg.backbone].preprocess()
     for layer in preprocess:
         x = layer(x)
-    x = backbone(x, training=False)  # keep BatchNorm in inference mode, also when fine-tuning
+    # From scratch, BatchNorm follows the call (batch statistics in fit, moving ones at inference).
+    # Pretrained, it stays in inference mode, also when fine-tuning.
+    x = backbone(x) if scratch else backbone(x, training=False)
     pooled = layers.GlobalAveragePooling2D(name="pool")(x)
 
     dropout = layers.Dropout(model_cfg.dropout, name="dropout")
@@ -125,17 +185,32 @@ def build_model(model_cfg: ModelConfig, train_cfg: TrainConfig) -> CrackModel:
     )
 
 
-def calibrate_batchnorm(crack: CrackModel, batches: Iterable) -> int:
-    """Set an untrained backbone's BatchNorm statistics from real images; returns images used.
+def batchnorm_layers(model: keras.Model) -> list[layers.BatchNormalization]:
+    return [layer for layer in _all_layers(model) if isinstance(layer, layers.BatchNormalization)]
 
-    With ``weights: none`` the moving mean/variance are the defaults (0 and 1), and
-    in inference mode activations shrink to zero through the depth of the network,
-    so every image gets the same (zero) features. One pass over a few batches in
-    training mode, with the running average made exact, gives normalised random
-    features the head can learn from. Pretrained weights never need this.
+
+def set_batchnorm_momentum(model: keras.Model, momentum: float) -> None:
+    """Keras applications use 0.999, tuned for ImageNet-length runs; a short run needs faster statistics.
+
+    At 0.999 the moving averages keep ~0.999**steps of their initial values: after a few
+    hundred steps they still describe an untrained network, and the model collapses to
+    one class at inference while training looks fine.
     """
-    norms = [layer for layer in _all_layers(crack.backbone) if isinstance(layer, layers.BatchNormalization)]
+    for layer in batchnorm_layers(model):
+        layer.momentum = momentum
+
+
+def calibrate_batchnorm(crack: CrackModel, batches: Iterable) -> int:
+    """Recompute the backbone's BatchNorm inference statistics from real images; returns images used.
+
+    After training from scratch, the moving mean/variance are an exponential average
+    over weights that kept changing; one pass over training images (no augmentation)
+    in training mode, with the running average made an exact mean, gives the
+    statistics of the final weights ("precise BatchNorm"). Weights are not changed.
+    """
+    norms = batchnorm_layers(crack.backbone)
     momenta = [layer.momentum for layer in norms]
+    was_trainable = crack.backbone.trainable
     crack.backbone.trainable = True
     seen = 0
     try:
@@ -150,7 +225,7 @@ def calibrate_batchnorm(crack: CrackModel, batches: Iterable) -> int:
     finally:
         for layer, momentum in zip(norms, momenta):
             layer.momentum = momentum
-        crack.backbone.trainable = False
+        crack.backbone.trainable = was_trainable
     return seen
 
 
@@ -175,11 +250,38 @@ def unfreeze_top(backbone: keras.Model, n_layers: int) -> int:
     return unfrozen
 
 
-def compile_binary(model: keras.Model, learning_rate: float) -> None:
+def compile_binary(
+    model: keras.Model,
+    learning_rate: float | keras.optimizers.schedules.LearningRateSchedule,
+    weight_decay: float = 0.0,
+    label_smoothing: float = 0.0,
+) -> None:
+    """Adam (AdamW when ``weight_decay`` > 0) on binary cross-entropy."""
+    optimizer = (
+        keras.optimizers.AdamW(learning_rate, weight_decay=weight_decay)
+        if weight_decay > 0
+        else keras.optimizers.Adam(learning_rate)
+    )
     model.compile(
-        optimizer=keras.optimizers.Adam(learning_rate),
-        loss="binary_crossentropy",
+        optimizer=optimizer,
+        loss=keras.losses.BinaryCrossentropy(label_smoothing=label_smoothing),
         metrics=["accuracy"],
+    )
+
+
+def learning_rate_schedule(
+    peak: float, schedule: str, steps_per_epoch: int, epochs: int, warmup_epochs: int
+) -> float | keras.optimizers.schedules.LearningRateSchedule:
+    """Linear warm-up to ``peak``, then cosine decay to zero over the run (or constant)."""
+    if schedule == "constant":
+        return peak
+    total = max(steps_per_epoch * epochs, 1)
+    warmup = min(steps_per_epoch * warmup_epochs, total - 1)
+    return keras.optimizers.schedules.CosineDecay(
+        initial_learning_rate=peak / 10 if warmup else peak,
+        decay_steps=total - warmup,
+        warmup_target=peak if warmup else None,
+        warmup_steps=warmup,
     )
 
 

@@ -2,7 +2,9 @@
 
 DVC caches this stage's outputs keyed on the backbone, weights, image size,
 augmentation and split, so ``dvc exp run -S train.epochs=30`` retrains the head
-in seconds without touching the images.
+in seconds without touching the images. Training from scratch (``weights: none``)
+and ``feature_cache: false`` have no frozen phase on features: the stage then only
+records that, in a second.
 """
 
 from __future__ import annotations
@@ -17,50 +19,45 @@ from crackcls import atomic, features, manifest, paths, runtime
 from crackcls.config import Config, load_config
 from crackcls.data import manifest_dataset
 from crackcls.errors import CrackclsError, user_errors_exit
-from crackcls.model import build_model, calibrate_batchnorm
-
-CALIBRATION_BATCHES = 8
+from crackcls.model import build_model
 
 
 def run(config: Config, workspace: Path) -> dict:
+    out_dir = features.cache_dir(workspace)
+    report: dict = {"feature_cache": features.used(config)}
+    if not features.used(config):
+        with atomic.atomic_dir(out_dir) as staging:
+            features.save_unused(staging)
+        return report
     runtime.configure_precision()
     keras.utils.set_random_seed(config.train.seed)
     crack = build_model(config.model, config.train)
-    out_dir = features.cache_dir(workspace)
     split_dir = workspace / paths.SPLIT_DIR
     key = features.cache_key(config, split_dir)
     size, batch = config.model.image_size, config.train.batch_size
-    report: dict = {"feature_cache": config.train.feature_cache}
     started = time.perf_counter()
-    if config.model.weights == "none":
-        train_items = manifest.read(manifest.manifest_path("train", split_dir))
-        calibration = manifest_dataset(train_items, size, batch, shuffle_seed=config.train.seed, base=workspace)
-        report["batchnorm_calibration_images"] = calibrate_batchnorm(
-            crack, (images for images, _ in calibration.take(CALIBRATION_BATCHES))
-        )
     with atomic.atomic_dir(out_dir) as staging:
         crack.backbone.save_weights(str(staging / features.BACKBONE_WEIGHTS_FILE))
-        if config.train.feature_cache:
-            for split, views in (("train", config.train.cache_views), ("val", 1)):
-                items = manifest.read(manifest.manifest_path(split, split_dir))
-                if not items:
-                    if split == "train":
-                        raise CrackclsError("the train split is empty; adjust data.split ratios")
-                    # data.split.val: 0 is allowed; training then early-stops on the training loss
-                    empty = np.zeros((0, 1, report["dims"]), np.float16)
-                    features.save(staging, split, features.FeatureSet(empty, np.zeros(0, np.float32), np.zeros(0, bool)))
-                    report[f"{split}_images"] = report[f"{split}_skipped"] = 0
-                    continue
-                ds = manifest_dataset(items, size, batch, base=workspace, keep_flags=True)
-                values, kept = features.extract(crack.features, crack.augment, ds, views)
-                labels = [it.label for it, ok in zip(items, kept) if ok]
-                features.save(
-                    staging, split, features.FeatureSet(values[kept], np.asarray(labels, np.float32), kept)
-                )
-                report[f"{split}_images"] = int(kept.sum())
-                report[f"{split}_skipped"] = int((~kept).sum())
-                report["dims"] = int(values.shape[-1])
-            features.save_meta(staging, key, report["dims"])
+        for split, views in (("train", config.train.cache_views), ("val", 1)):
+            items = manifest.read(manifest.manifest_path(split, split_dir))
+            if not items:
+                if split == "train":
+                    raise CrackclsError("the train split is empty; adjust data.split ratios")
+                # data.split.val: 0 is allowed; training then early-stops on the training loss
+                empty = np.zeros((0, 1, report["dims"]), np.float16)
+                features.save(staging, split, features.FeatureSet(empty, np.zeros(0, np.float32), np.zeros(0, bool)))
+                report[f"{split}_images"] = report[f"{split}_skipped"] = 0
+                continue
+            ds = manifest_dataset(items, size, batch, base=workspace, keep_flags=True)
+            values, kept = features.extract(crack.features, crack.augment, ds, views)
+            labels = [it.label for it, ok in zip(items, kept) if ok]
+            features.save(
+                staging, split, features.FeatureSet(values[kept], np.asarray(labels, np.float32), kept)
+            )
+            report[f"{split}_images"] = int(kept.sum())
+            report[f"{split}_skipped"] = int((~kept).sum())
+            report["dims"] = int(values.shape[-1])
+        features.save_meta(staging, key, report["dims"])
     report["seconds"] = round(time.perf_counter() - started, 2)
     return report
 

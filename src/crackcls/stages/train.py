@@ -1,8 +1,15 @@
-"""DVC stage ``train``: fit the head (and optionally the top of the backbone), track it in MLflow.
+"""DVC stage ``train``: fit the model, track it in MLflow, register it as ``challenger``.
 
-Phase 1 trains the head with the backbone frozen: on cached features
-(``train.feature_cache``) or on images. Phase 2, when ``model.fine_tune_layers > 0``,
-unfreezes the top backbone layers and continues on images at a low learning rate.
+From scratch (``model.weights: none``) every layer trains on images (decoded once and
+kept in memory) with the ``train.scratch`` schedule, then BatchNorm's inference
+statistics are recomputed from training images. With pretrained weights, phase 1
+trains the head with the backbone frozen: on cached features (``train.feature_cache``)
+or on images; phase 2, when ``model.fine_tune_layers > 0``, unfreezes the top backbone
+layers and continues on images at a low learning rate.
+
+Runs are reproducible on a CPU: the seed fixes initialisation, shuffling, augmentation
+and dropout, and TensorFlow's op determinism is switched on, so the same params, data
+and seed give the same model and the same ``metrics.json``.
 The model is logged with MLflow's Keras flavour (``model``) and as a pyfunc that
 takes base64 images (``pyfunc``, the registered and served form), aliased
 ``challenger``; promotion to ``champion`` is a separate, gated step.
@@ -21,13 +28,22 @@ from pathlib import Path
 import keras
 import mlflow
 import numpy as np
+import tensorflow as tf
 from mlflow.models import infer_signature
 
 from crackcls import atomic, features, manifest, paths, plots, runtime, serving, tracking
 from crackcls.config import Config, load_config
 from crackcls.data import manifest_dataset
 from crackcls.errors import CrackclsError, user_errors_exit
-from crackcls.model import CrackModel, build_model, compile_binary, unfreeze_top
+from crackcls.model import (
+    CrackModel,
+    build_model,
+    calibrate_batchnorm,
+    compile_binary,
+    from_scratch,
+    learning_rate_schedule,
+    unfreeze_top,
+)
 
 CHALLENGER = "challenger"
 HISTORY_FILE = paths.REPORTS_DIR / "train_history.csv"
@@ -63,24 +79,44 @@ def _fit_head_on_cache(crack: CrackModel, config: Config, workspace: Path) -> ke
         validation_data=features.head_dataset(val_set, batch, seed, shuffle=False) if has_val else None,
         epochs=config.train.epochs,
         callbacks=_callbacks(config.train.patience, has_val),
+        shuffle=False,  # the dataset shuffles itself, seeded
         verbose=2,
     )
 
 
+def _split_items(workspace: Path, split: str) -> list:
+    return manifest.read(manifest.manifest_path(split, workspace / paths.SPLIT_DIR))
+
+
 def _fit_on_images(
-    crack: CrackModel, config: Config, workspace: Path, learning_rate: float, first_epoch: int, epochs: int
+    crack: CrackModel,
+    config: Config,
+    workspace: Path,
+    learning_rate: float,
+    first_epoch: int,
+    epochs: int,
+    *,
+    scratch: bool = False,
 ) -> keras.callbacks.History:
+    """Fit the whole model on decoded images; ``scratch`` uses the from-scratch recipe and keeps images in memory."""
     size, batch, seed = config.model.image_size, config.train.batch_size, config.train.seed
-    split_dir = workspace / paths.SPLIT_DIR
-    train_items = manifest.read(manifest.manifest_path("train", split_dir))
-    val_items = manifest.read(manifest.manifest_path("val", split_dir))
-    compile_binary(crack.model, learning_rate)
+    train_items, val_items = _split_items(workspace, "train"), _split_items(workspace, "val")
+    if not train_items:
+        raise CrackclsError("the train split is empty; adjust data.split ratios")
+    if scratch:
+        recipe = config.train.scratch
+        steps = -(-len(train_items) // batch)
+        schedule = learning_rate_schedule(recipe.learning_rate, recipe.schedule, steps, epochs, recipe.warmup_epochs)
+        compile_binary(crack.model, schedule, recipe.weight_decay, recipe.label_smoothing)
+    else:
+        compile_binary(crack.model, learning_rate)
     return crack.model.fit(
-        manifest_dataset(train_items, size, batch, shuffle_seed=seed, base=workspace),
-        validation_data=manifest_dataset(val_items, size, batch, base=workspace) if val_items else None,
+        manifest_dataset(train_items, size, batch, shuffle_seed=seed, base=workspace, cache=scratch),
+        validation_data=manifest_dataset(val_items, size, batch, base=workspace, cache=scratch) if val_items else None,
         initial_epoch=first_epoch,
         epochs=first_epoch + epochs,
         callbacks=_callbacks(config.train.patience, bool(val_items)),
+        shuffle=False,  # the dataset shuffles itself, seeded
         verbose=2,
     )
 
@@ -171,17 +207,30 @@ def _requirements() -> list[str]:
 def run(config: Config, workspace: Path) -> dict:
     """Train under the strategy the machine calls for (several GPUs: MirroredStrategy)."""
     runtime.configure_precision()
+    tf.config.experimental.enable_op_determinism()
     with runtime.strategy().scope():
         return _train_and_track(config, workspace)
+
+
+def recalibrate_batchnorm(crack: CrackModel, config: Config, workspace: Path) -> int:
+    """Inference statistics of the final weights, from un-augmented training images; returns images used."""
+    batches = config.train.scratch.batchnorm_recalibration_batches
+    if batches == 0:
+        return 0
+    size, batch, seed = config.model.image_size, config.train.batch_size, config.train.seed
+    images = manifest_dataset(_split_items(workspace, "train"), size, batch, shuffle_seed=seed, base=workspace)
+    return calibrate_batchnorm(crack, (x for x, _ in images.take(batches)))
 
 
 def _train_and_track(config: Config, workspace: Path) -> dict:
     keras.utils.set_random_seed(config.train.seed)
     crack = build_model(config.model, config.train)
-    weights_file = features.cache_dir(workspace) / features.BACKBONE_WEIGHTS_FILE
-    if not weights_file.is_file():
-        raise CrackclsError(f"{weights_file} missing; run `dvc repro features` first")
-    crack.backbone.load_weights(str(weights_file))  # the exact weights the features came from
+    scratch = from_scratch(config.model)
+    if features.used(config):
+        weights_file = features.cache_dir(workspace) / features.BACKBONE_WEIGHTS_FILE
+        if not weights_file.is_file():
+            raise CrackclsError(f"{weights_file} missing; run `dvc repro features` first")
+        crack.backbone.load_weights(str(weights_file))  # the exact weights the features came from
 
     tracking.configure(config.mlflow.experiment)
     run_name = f"{config.model.backbone}-{config.model.image_size}px"
@@ -190,12 +239,15 @@ def _train_and_track(config: Config, workspace: Path) -> dict:
         mlflow.set_tags({f"runtime.{key}": str(value) for key, value in runtime.describe().items()})
         mlflow.log_params(tracking.flatten("", config.model_dump(mode="json")))
         started = time.perf_counter()
-        if config.train.feature_cache:
+        if scratch:
+            phases = [("scratch", _fit_on_images(crack, config, workspace, 0.0, 0, config.train.epochs, scratch=True))]
+            mlflow.log_metric("batchnorm_recalibration_images", recalibrate_batchnorm(crack, config, workspace))
+        elif config.train.feature_cache:
             phases = [("frozen", _fit_head_on_cache(crack, config, workspace))]
         else:
             phases = [("frozen", _fit_on_images(crack, config, workspace, config.train.learning_rate, 0, config.train.epochs))]
         frozen_epochs = len(phases[0][1].history["loss"])
-        if config.model.fine_tune_layers > 0 and config.train.fine_tune_epochs > 0:
+        if not scratch and config.model.fine_tune_layers > 0 and config.train.fine_tune_epochs > 0:
             unfrozen = unfreeze_top(crack.backbone, config.model.fine_tune_layers)
             mlflow.log_param("fine_tune_layers_unfrozen", unfrozen)
             phases.append(
