@@ -21,8 +21,9 @@ from crackcls.evaluation import evaluate_items
 from crackcls.model import load_model_file
 from crackcls.splitting import Item
 
-# Measured on 2 cores (compact_cnn, 64 px, 8 epochs, 150 + 150 images, 400 unseen images):
-# accuracy 0.97-0.99 over seeds 1-3. A model that stopped learning scores about 0.5.
+# Measured (compact_cnn, 64 px, 8 epochs, 150 + 150 training images, 400 unseen images),
+# train.seed 42, 1, 2, 3: accuracy 0.980-0.985, precision 0.985-0.990, recall 0.970-0.980.
+# A model that stopped learning scores about 0.5; one trained on swapped labels about 0.
 LEARNING_FLOOR = 0.90
 TRAIN_PER_CLASS = 150
 UNSEEN = slice(1000, 1200)  # 200 + 200 shared-sample images, disjoint from the training ones

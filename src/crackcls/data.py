@@ -68,6 +68,9 @@ def image_dataset(
         ds = ds.filter(_decoded).map(_image_and_label)
     if cache:
         ds = ds.cache()
+        # One pass fills the cache and counts what decoded, so Keras knows the epoch length.
+        decoded = ds.reduce(np.int64(0), lambda count, _: count + 1)
+        ds = ds.apply(tf.data.experimental.assert_cardinality(decoded))
         if shuffle_seed is not None:
             ds = ds.shuffle(len(resolved), seed=shuffle_seed, reshuffle_each_iteration=True)
     return ds.map(_as_float).batch(batch_size).prefetch(AUTOTUNE)
