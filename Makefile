@@ -16,17 +16,19 @@ DEMO_PARAMS := -S data.source=sample -S model.backbone=compact_cnn -S model.weig
                -S model.image_size=96 -S train.epochs=12 -S train.patience=4 -S train.batch_size=32
 
 IN     ?=
+SCAN   ?=
 
-.PHONY: help install test test-fast repro demo evaluate promote predict serve bench ui
+.PHONY: help install test test-fast repro demo evaluate promote predict scan serve bench ui
 
 help:
 	@echo "make install     create $(VENV) and install crackcls with pinned dependencies"
 	@echo "make test        run the test suite"
 	@echo "make repro       run the DVC pipeline (dvc repro) on the full Mendeley set"
 	@echo "make demo        run the pipeline offline on the bundled sample, then promote"
-	@echo "make evaluate    evaluate MODEL=<path|models:/name@alias> on DATA=<folder> (default: test split)"
+	@echo "make evaluate    evaluate MODEL=<path|models:/name@alias> on DATA=<folder> (default: test split); SCAN=1: DATA holds whole photos"
 	@echo "make promote     move @champion to @challenger if it is better"
 	@echo "make predict     classify IN=<files|folders|globs> with MODEL (default: the registry champion)"
+	@echo "make scan        scan whole photos IN=<files|folders|globs> tile by tile; overlays in reports/scan/"
 	@echo "make serve       serve models:/crackcls@champion over HTTP on 127.0.0.1:$(SERVE_PORT)"
 	@echo "make bench       training / prediction / split / memory benchmark (see README)"
 	@echo "make ui          MLflow UI on http://127.0.0.1:$(PORT)"
@@ -53,13 +55,16 @@ demo:
 	crackcls promote
 
 evaluate:
-	crackcls evaluate --model "$(MODEL)" $(if $(DATA),--data "$(DATA)")
+	crackcls evaluate --model "$(MODEL)" $(if $(DATA),--data "$(DATA)") $(if $(SCAN),--scan)
 
 promote:
 	crackcls promote
 
 predict:
 	crackcls predict $(IN) $(if $(filter-out models/model.keras,$(MODEL)),--model "$(MODEL)")
+
+scan:
+	crackcls scan $(IN) --overlay reports/scan $(if $(filter-out models/model.keras,$(MODEL)),--model "$(MODEL)")
 
 serve:
 	MLFLOW_TRACKING_URI="$(TRACKING_URI)" mlflow models serve -m "models:/crackcls@champion" \

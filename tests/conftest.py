@@ -207,3 +207,40 @@ def local_server(command: list[str], cwd: Path, env: dict[str, str], health_url:
                 break
             except subprocess.TimeoutExpired:
                 continue
+
+
+PATCH = 227  # the side of a sample patch, and the default scan tile
+
+
+def crack_path(rng, rows: int, cols: int, length: int) -> list[tuple[int, int]]:
+    """A connected walk of ``length`` distinct grid cells (4-neighbours), like a crack across patches."""
+    while True:
+        cells = [(int(rng.integers(rows)), int(rng.integers(cols)))]
+        while len(cells) < length:
+            r, c = cells[-1]
+            options = [(r + dr, c + dc) for dr, dc in ((0, 1), (1, 0), (0, -1), (-1, 0))
+                       if 0 <= r + dr < rows and 0 <= c + dc < cols and (r + dr, c + dc) not in cells]  # fmt: skip
+            if not options:
+                break
+            cells.append(options[int(rng.integers(len(options)))])
+        if len(cells) == length:
+            return cells
+
+
+def build_mosaic(sample: Path, rows: int, cols: int, crack_cells, seed: int, skip: int = 0):  # noqa: ANN001, ANN201
+    """A photo-sized (rows x cols patches) RGB array of Negative sample patches, Positive ones at ``crack_cells``.
+
+    Patches are drawn (with ``seed``) from the sample's files after the first ``skip`` of each class.
+    """
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    pools = {label: sorted((sample / label).glob("*.jpg"))[skip:] for label in ("Negative", "Positive")}
+    mosaic = np.zeros((rows * PATCH, cols * PATCH, 3), np.uint8)
+    for r in range(rows):
+        for c in range(cols):
+            pool = pools["Positive" if (r, c) in crack_cells else "Negative"]
+            with Image.open(pool[int(rng.integers(len(pool)))]) as patch:
+                mosaic[r * PATCH : (r + 1) * PATCH, c * PATCH : (c + 1) * PATCH] = np.asarray(patch.convert("RGB"))
+    return mosaic

@@ -6,7 +6,7 @@ import argparse
 import importlib
 import sys
 
-from crackcls.errors import user_errors_exit
+from crackcls.errors import CrackclsError, user_errors_exit
 
 STAGES = ("fetch", "split", "features", "train", "evaluate")
 
@@ -21,8 +21,17 @@ def _evaluate(args: argparse.Namespace) -> int:
     from crackcls.jobs import evaluate
     from crackcls.stages.evaluate import print_metrics
 
-    outcome = evaluate.run(args.model, args.data, args.out)
+    if args.tile_truth and not args.scan:
+        raise CrackclsError("--tile-truth needs --scan")
+    if args.scan:
+        if not args.data:
+            raise CrackclsError("--scan needs --data: a folder of whole photos in Positive/ and Negative/")
+        outcome = evaluate.run_scan(args.model, args.data, args.out, args.tile_truth)
+    else:
+        outcome = evaluate.run(args.model, args.data, args.out)
     print_metrics(f"{args.model} on {args.data or 'the test split'}", outcome["result"].metrics)
+    for key, value in outcome.get("tile_metrics", {}).items():
+        print(f"  {key:<20} {value:.4f}" if isinstance(value, float) else f"  {key:<20} {value}")
     skipped = outcome["result"].skipped.count
     if skipped:
         print(f"  skipped    {skipped} unreadable files (listed in {outcome['files']['skipped']})")
@@ -56,6 +65,21 @@ def _predict(args: argparse.Namespace) -> int:
     return 0 if result.predictions else 1
 
 
+def _scan(args: argparse.Namespace) -> int:
+    from crackcls.jobs import scan
+
+    result = scan.run(args.paths, args.model, args.tile, args.stride, args.threshold, args.batch_size, args.overlay)
+    sys.stdout.write(scan.write(result, args.format, args.output, args.tiles))
+    if args.output:
+        print(f"wrote {len(result.scans)} photo rows to {args.output}", file=sys.stderr)
+    if args.tiles:
+        print(f"wrote per-tile probabilities to {args.tiles}", file=sys.stderr)
+    if args.overlay and result.scans:
+        print(f"overlays in {args.overlay}", file=sys.stderr)
+    print(scan.summary(result), file=sys.stderr)
+    return 0 if result.scans else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="crackcls", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -68,6 +92,8 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--model", default="models/model.keras", help="a .keras file, models:/<name>@<alias> or runs:/<id>/model")
     evaluate.add_argument("--data", default=None, help="a folder with Positive/ and Negative/ (default: the test split)")
     evaluate.add_argument("--out", default=None, help="report folder (default: reports/eval/<model>-<data>)")
+    evaluate.add_argument("--scan", action="store_true", help="--data holds whole photos: scan each tile by tile and score the photo verdicts")
+    evaluate.add_argument("--tile-truth", default=None, metavar="FILE", help="with --scan: JSON of crack boxes per photo (see README) for tile-level recall and precision")
     evaluate.set_defaults(func=_evaluate)
 
     promote = sub.add_parser("promote", help="move @champion to @challenger if it is better on the test split")
@@ -88,6 +114,25 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--explain", default=None, metavar="OUTDIR", help="write a Grad-CAM overlay PNG per image into OUTDIR")
     predict.add_argument("--batch-size", type=int, default=None, help="images per batch (default: params evaluate.batch_size, else 64)")
     predict.set_defaults(func=_predict)
+
+    scan = sub.add_parser(
+        "scan",
+        help="scan whole photos tile by tile: verdict, crack tiles and crack regions per photo",
+        description="Cut each photo into tiles at the training scale (never shrinking the photo), score every tile, "
+        "and report per photo: the verdict, crack tiles and crack regions as boxes in photo pixels. "
+        "Exits 1 when no photo could be read.",
+    )
+    scan.add_argument("paths", nargs="+", metavar="PHOTO", help="image files, folders (recursive) or quoted globs ('**/*.jpg')")
+    scan.add_argument("--tile", type=int, default=None, help="tile side in photo pixels (default: params scan.tile, else 227, the training patch size)")
+    scan.add_argument("--stride", type=int, default=None, help="step between tiles in pixels, at most --tile; smaller overlaps tiles (default: the tile)")
+    scan.add_argument("--threshold", type=float, default=None, help="a tile is a crack when its probability is at least this (default: params evaluate.threshold, else 0.5)")
+    scan.add_argument("--format", choices=("table", "json", "csv"), default=None, help="output format (default: from --output's suffix, else table)")
+    scan.add_argument("--output", default=None, metavar="FILE", help="write the photo rows to FILE instead of the terminal")
+    scan.add_argument("--tiles", default=None, metavar="FILE", help="also write every tile's box and probability to FILE (.json, else CSV)")
+    scan.add_argument("--overlay", default=None, metavar="OUTDIR", help="write <photo>_scan.png per photo into OUTDIR: tile heat map and region boxes")
+    scan.add_argument("--model", default=None, help="as for predict (default: models:/<registry.model_name>@champion)")
+    scan.add_argument("--batch-size", type=int, default=None, help="tiles per batch (default: params evaluate.batch_size, else 64)")
+    scan.set_defaults(func=_scan)
     return parser
 
 

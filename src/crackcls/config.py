@@ -176,6 +176,16 @@ class EvaluateConfig(_Section):
     extra_sets: list[str] = []
 
 
+class ScanConfig(_Section):
+    """Whole photos cut into tiles at the scale the model was trained on (``crackcls scan``)."""
+
+    tile: int = Field(default=227, ge=8, le=4096, description="tile side in photo pixels")
+    stride: int | None = Field(default=None, ge=8, le=4096, description="step between tiles; null = tile")
+    min_crack_tiles: int = Field(default=1, ge=1, description="crack tiles a photo needs for a crack verdict")
+    connectivity: Literal[4, 8] = 8
+    overlay_size: int = Field(default=1024, ge=64, le=8192, description="longest side of an overlay PNG")
+
+
 class RegistryConfig(_Section):
     model_name: str = Field(default="crackcls", min_length=1)
     promote_metric: PromoteMetric = "f1"
@@ -191,6 +201,7 @@ class Config(_Section):
     model: ModelConfig = ModelConfig()
     train: TrainConfig = TrainConfig()
     evaluate: EvaluateConfig = EvaluateConfig()
+    scan: ScanConfig = ScanConfig()
     registry: RegistryConfig = RegistryConfig()
     mlflow: MlflowConfig = MlflowConfig()
 

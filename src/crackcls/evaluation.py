@@ -63,7 +63,7 @@ def label_for(probability: float, threshold: float) -> str:
 _FORWARD: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
-def _forward(model: keras.Model) -> Callable:
+def forward_pass(model: keras.Model) -> Callable:
     forward = _FORWARD.get(model)
     if forward is None:
         weak = weakref.ref(model)  # a strong reference here would keep every model alive
@@ -85,7 +85,7 @@ def predict_files(
     """
     size = model_input_size(model)
     ds = image_dataset(files, None, size, batch_size, base=base, keep_flags=True)
-    forward = _forward(model)
+    forward = forward_pass(model)
     probs, flags = [], []
     for images, ok in ds:
         probs.append(forward(images).numpy().reshape(-1))

@@ -18,19 +18,14 @@ from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
 import keras
-import matplotlib
 import numpy as np
 import tensorflow as tf
-from PIL import Image
 
-from crackcls import atomic
 from crackcls.errors import CrackclsError
 from crackcls.evaluation import model_input_size
+from crackcls.heatmap import overlay, save_png  # noqa: F401 - part of this module's interface
 from crackcls.images import SkipReport, UnreadableImage, load_batch, load_rgb
 
-COLORMAP = "jet"
-# Share of the colour map in the overlay; the rest is the photo.
-OVERLAY_ALPHA = 0.4
 BATCH_SIZE = 32
 # Overlays are drawn at least this large, so a 48 px model still gives a readable picture.
 DISPLAY_SIZE = 224
@@ -110,23 +105,6 @@ class GradCam:
 
 def _is_backbone(layer: keras.layers.Layer) -> bool:
     return isinstance(layer, keras.Model) and not isinstance(layer, keras.Sequential)
-
-
-def overlay(image: np.ndarray, heatmap: np.ndarray, alpha: float = OVERLAY_ALPHA) -> np.ndarray:
-    """Blend a [0, 1] heatmap, upsampled to the image, onto an (H, W, 3) uint8 image as colour."""
-    height, width = image.shape[:2]
-    heat = Image.fromarray(np.asarray(heatmap, np.float32)).resize((width, height), Image.Resampling.BILINEAR)  # mode F
-    colours = matplotlib.colormaps[COLORMAP](np.clip(np.asarray(heat), 0.0, 1.0))[..., :3] * 255.0
-    blended = (1.0 - alpha) * image.astype(np.float32) + alpha * colours
-    return np.rint(blended).clip(0, 255).astype(np.uint8)
-
-
-def save_png(rgb: np.ndarray, target: str | os.PathLike[str]) -> Path:
-    """Write an (H, W, 3) uint8 image as PNG, whole or not at all."""
-    target = Path(target)
-    with atomic.atomic_path(target, suffix=".png") as tmp:
-        Image.fromarray(rgb).save(tmp, format="PNG")
-    return target
 
 
 def error_gallery(

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import stat
+import warnings
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -55,6 +56,8 @@ _NOMINAL_TOPS = (1.0, 255.0, 65535.0)
 
 # Register every Pillow plugin now, once, rather than lazily from many decoding threads.
 Image.init()
+# Pillow warns from ~89 MP; MAX_PIXELS is the bound enforced here, so the warning only adds noise.
+warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
 
 
 class UnreadableImage(CrackclsError):
@@ -160,8 +163,8 @@ def _to_uint8(values: np.ndarray) -> np.ndarray:
     return np.rint(np.where(finite, scaled, 0.0)).clip(0, 255).astype(np.uint8)
 
 
-def _square_rgb(im: Image.Image, size: int) -> Image.Image:
-    """Squash to size x size RGB (the training images are square); transparency goes onto white.
+def resized_rgb(im: Image.Image, width: int, height: int) -> Image.Image:
+    """Resize to width x height RGB; transparency goes onto white.
 
     Resizing happens in the smallest sensible mode (L stays L) and before compositing, which
     Pillow does on premultiplied alpha, so transparent pixels never bleed dark edges.
@@ -172,10 +175,43 @@ def _square_rgb(im: Image.Image, size: int) -> Image.Image:
         im = im.convert("RGBA")
     elif im.mode not in ("L", "RGB"):
         im = im.convert("RGB")
-    im = im.resize((size, size), RESAMPLE, reducing_gap=REDUCING_GAP)
+    im = im.resize((width, height), RESAMPLE, reducing_gap=REDUCING_GAP)
     if im.mode == "RGBA":
         im = Image.alpha_composite(Image.new("RGBA", im.size, (255, 255, 255, 255)), im)
     return im.convert("RGB")
+
+
+def square_rgb(im: Image.Image, size: int) -> Image.Image:
+    """Squash to size x size RGB: the training images are square."""
+    return resized_rgb(im, size, size)
+
+
+@contextmanager
+def decoded(path: str | os.PathLike[str], draft_size: int | None = None) -> Iterator[Image.Image]:
+    """``path`` decoded and turned upright (EXIF orientation), checked as :func:`load_rgb` checks it.
+
+    ``draft_size`` lets a JPEG decode at 1/2..1/8 scale straight from the DCT, never below
+    that size on either side; without it the full resolution is decoded. Any failure, in
+    here or in the block, becomes UnreadableImage.
+    """
+    with _opened(path) as im:
+        if draft_size is not None:
+            im.draft(None, (draft_size, draft_size))  # JPEG only
+        im.load()
+        try:
+            ImageOps.exif_transpose(im, in_place=True)
+        except Exception:  # noqa: BLE001 - a broken EXIF block only costs the orientation
+            pass
+        yield im
+
+
+def header_size(path: str | os.PathLike[str]) -> tuple[int, int] | None:
+    """(width, height) as stored, from the header alone; None for a file that is certainly unusable."""
+    try:
+        with _opened(path) as im:
+            return im.size
+    except UnreadableImage:
+        return None
 
 
 def load_rgb(path: str | os.PathLike[str], size: int) -> np.ndarray:
@@ -185,14 +221,8 @@ def load_rgb(path: str | os.PathLike[str], size: int) -> np.ndarray:
     orientation applied; big JPEGs decoded at 1/2..1/8 scale straight from the DCT.
     Thread-safe: every call owns its file handle and image objects.
     """
-    with _opened(path) as im:
-        im.draft(None, (size, size))  # JPEG only; never below size on either side
-        im.load()
-        try:
-            ImageOps.exif_transpose(im, in_place=True)
-        except Exception:  # noqa: BLE001 - a broken EXIF block only costs the orientation
-            pass
-        rgb = _square_rgb(im, size)
+    with decoded(path, size) as im:
+        rgb = square_rgb(im, size)
     return np.asarray(rgb, dtype=np.uint8)
 
 
@@ -287,6 +317,16 @@ class SkipReport:
         """Counts per reason, most frequent first (ties by name) so reports diff cleanly."""
         counts = Counter(reason for _, reason in self.skipped)
         return dict(sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
+
+    def summary_lines(self) -> list[str]:
+        """The count by reason, then every skipped file with its reason: a command's closing lines."""
+        if not self.count:
+            return ["skipped 0 unreadable files"]
+        reasons = ", ".join(f"{count} {reason}" for reason, count in self.by_reason().items())
+        return [
+            f"skipped {self.count} unreadable files ({reasons}):",
+            *(f"  {path}: {reason}" for path, reason in self.skipped),
+        ]
 
     def as_dict(self) -> dict:
         return {

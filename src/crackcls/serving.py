@@ -10,6 +10,11 @@ and answers one row per image with ``label``, ``crack_probability``, ``threshold
 ``error`` (set, with label and probability empty, for an image that cannot be read: one
 bad file never fails the whole request). A request may pass ``"params": {"threshold": t}``.
 
+With ``"params": {"scan": true}`` each image is a whole photo, scanned tile by tile as
+``crackcls scan`` does (``tile`` and ``stride`` may be passed too; 0 means the default):
+``label`` is the photo verdict, ``crack_probability`` its score, and ``crack_tiles``,
+``tiles``, ``max_probability`` and ``regions`` (JSON text: boxes in photo pixels) are added.
+
 Decoding and scoring are :func:`crackcls.evaluation.score_files`, the code behind
 ``crackcls predict``, so the server and the command line return the same numbers. The
 ``.keras`` file travels as a pyfunc artifact, so :func:`crackcls.evaluation.load_model`
@@ -22,6 +27,7 @@ from __future__ import annotations
 import base64
 import binascii
 import io
+import json
 import os
 import tempfile
 from collections.abc import Sequence
@@ -37,10 +43,13 @@ from mlflow.models.model import ModelInfo
 from PIL import Image
 
 from crackcls.evaluation import label_for, score_files
+from crackcls.images import SkipReport
+from crackcls.scan import DEFAULT_TILE, ScanSettings, scan_files
 from crackcls.model import load_model_file
 
 IMAGE_COLUMN = "image"
 OUTPUT_COLUMNS = ("label", "crack_probability", "threshold", "error")
+SCAN_COLUMNS = ("crack_tiles", "tiles", "max_probability", "regions")
 KERAS_ARTIFACT = "keras_model"
 ARTIFACT_NAME = "pyfunc"
 BATCH_SIZE = 32
@@ -59,7 +68,13 @@ class CrackClassifier(mlflow.pyfunc.PythonModel):
     def predict(
         self, context: mlflow.pyfunc.PythonModelContext, model_input: pd.DataFrame, params: dict[str, Any] | None = None
     ) -> pd.DataFrame:
-        threshold = float((params or {}).get("threshold", self.threshold))
+        params = params or {}
+        threshold = float(params.get("threshold", self.threshold))
+        if params.get("scan"):
+            settings = ScanSettings(
+                tile=int(params.get("tile") or DEFAULT_TILE), stride=int(params.get("stride") or 0) or None, threshold=threshold
+            )
+            return scan_encoded(self.model, model_input[IMAGE_COLUMN].tolist(), settings)
         return classify_encoded(self.model, model_input[IMAGE_COLUMN].tolist(), threshold)
 
 
@@ -69,14 +84,7 @@ def classify_encoded(model: keras.Model, encoded: Sequence[Any], threshold: floa
     probabilities: list[float | None] = [None] * count
     errors: list[str | None] = [None] * count
     with tempfile.TemporaryDirectory(prefix="crackcls-serve-") as tmp:
-        files: dict[int, Path] = {}
-        for index, value in enumerate(encoded):
-            data = _decode_base64(value)
-            if data is None:
-                errors[index] = NOT_BASE64
-                continue
-            files[index] = Path(tmp) / f"{index}.img"  # the decoder sniffs the format, not the name
-            files[index].write_bytes(data)
+        files = _write_files(encoded, Path(tmp), errors)
         scores = score_files(model, list(files.values()), BATCH_SIZE, base=Path(tmp))
         for index, probability, reason in zip(files, scores.probabilities, scores.reasons):
             errors[index] = reason
@@ -91,6 +99,42 @@ def classify_encoded(model: keras.Model, encoded: Sequence[Any], threshold: floa
     return pd.DataFrame({name: pd.Series(values, dtype=object) for name, values in columns.items()}).astype(
         {"threshold": float}
     )
+
+
+def scan_encoded(model: keras.Model, encoded: Sequence[Any], settings: ScanSettings) -> pd.DataFrame:
+    """Scan base64 photos; one row per photo, ``error`` set (and the rest empty) for one that cannot be read."""
+    count = len(encoded)
+    errors: list[str | None] = [None] * count
+    rows: list[dict[str, Any]] = [{} for _ in range(count)]
+    with tempfile.TemporaryDirectory(prefix="crackcls-serve-") as tmp:
+        files = {path: index for index, path in _write_files(encoded, Path(tmp), errors).items()}
+        skips = SkipReport()
+        for scan, _ in scan_files(model, list(files), settings, BATCH_SIZE, skips):
+            row = scan.row()
+            rows[files[Path(scan.path)]].update(
+                label=row["verdict"], crack_probability=row["score"], crack_tiles=row["crack_tiles"], tiles=row["tiles"],
+                max_probability=row["max_probability"], regions=json.dumps(row["regions"]),
+            )  # fmt: skip
+        for path, reason in skips.skipped:
+            errors[files[Path(path)]] = reason
+    columns = [*OUTPUT_COLUMNS, *SCAN_COLUMNS]
+    values = {name: [row.get(name) for row in rows] for name in columns}
+    values["threshold"] = [float(settings.threshold)] * count
+    values["error"] = errors
+    return pd.DataFrame({name: pd.Series(values[name], dtype=object) for name in columns}).astype({"threshold": float})
+
+
+def _write_files(encoded: Sequence[Any], folder: Path, errors: list[str | None]) -> dict[int, Path]:
+    """Each decodable value as a file in ``folder`` (by input index); ``errors`` gets NOT_BASE64 for the rest."""
+    files: dict[int, Path] = {}
+    for index, value in enumerate(encoded):
+        data = _decode_base64(value)
+        if data is None:
+            errors[index] = NOT_BASE64
+            continue
+        files[index] = folder / f"{index}.img"  # the decoder sniffs the format, not the name
+        files[index].write_bytes(data)
+    return files
 
 
 def _decode_base64(value: Any) -> bytes | None:
@@ -130,7 +174,8 @@ def log_pyfunc(
     example = pd.DataFrame({IMAGE_COLUMN: [example_image()]})
     # One readable and one empty image, so the output schema types every column, optional where it may be empty.
     output = classify_encoded(load_model_file(model_file), [example_image(), ""], threshold)
-    signature = infer_signature(example, output, params={"threshold": float(threshold)})
+    params = {"threshold": float(threshold), "scan": False, "tile": 0, "stride": 0}
+    signature = infer_signature(example, output, params=params)
     return mlflow.pyfunc.log_model(
         name=name,
         python_model=CrackClassifier(),

@@ -23,7 +23,7 @@ from crackcls import atomic, paths, tracking
 from crackcls.config import Config, load_config
 from crackcls.errors import CrackclsError
 from crackcls.evaluation import CRACK, label_for, load_model, score_files
-from crackcls.images import SkipReport, iter_images
+from crackcls.images import SkipReport, header_size, iter_images
 
 CHAMPION = "champion"
 FORMATS = ("table", "json", "csv")
@@ -38,6 +38,7 @@ class Prediction:
     crack_probability: float
     threshold: float
     explanation: str | None = None  # the Grad-CAM overlay, with --explain
+    warning: str | None = None  # set for whole photos, which predict squashes to one patch
 
 
 @dataclass
@@ -121,10 +122,24 @@ def run(
             result.skipped.add(path, reason)
             continue
         probability = float(probability)
-        result.predictions.append(Prediction(str(path), label_for(probability, threshold), probability, threshold))
+        warning = photo_warning(path, config.scan.tile)
+        result.predictions.append(Prediction(str(path), label_for(probability, threshold), probability, threshold, None, warning))
     if explain_dir is not None and result.predictions:
         _explain(model, result, Path(explain_dir))
     return result
+
+
+# An image more than this many training tiles wide and high is a whole photo: squashed to the
+# model's input, a crack in it shrinks to a few pixels, so its label means little.
+PHOTO_TILES = 2
+
+
+def photo_warning(path: Path, tile: int) -> str | None:
+    """Why this image's label is unreliable (a whole photo), or None for a patch-sized image."""
+    size = header_size(path)
+    if size is None or min(size) <= PHOTO_TILES * tile:
+        return None
+    return f"whole photo ({size[0]}x{size[1]}): squashed to one patch, use `crackcls scan`"
 
 
 def _progress(total: int, batch_size: int):  # noqa: ANN202 - a tqdm bar
@@ -151,16 +166,16 @@ def _explain(model, result: PredictResult, out_dir: Path) -> None:  # noqa: ANN0
         result.skipped.add(path, f"explanation: {reason}")
 
 
-def overlay_names(files: Sequence[Path], out_dir: Path) -> dict[Path, Path]:
-    """``<stem>_gradcam.png`` per file, unique within this run."""
+def overlay_names(files: Sequence[Path], out_dir: Path, suffix: str = "_gradcam.png") -> dict[Path, Path]:
+    """``<stem><suffix>`` per file, unique within this run."""
     used: set[str] = set()
     names: dict[Path, Path] = {}
     for path in files:
         stem, n = path.stem, 1
-        name = f"{stem}_gradcam.png"
+        name = f"{stem}{suffix}"
         while name.lower() in used:  # case-insensitive, for macOS and Windows file systems
             n += 1
-            name = f"{stem}-{n}_gradcam.png"
+            name = f"{stem}-{n}{suffix}"
         used.add(name.lower())
         names[path] = out_dir / name
     return names
@@ -168,8 +183,8 @@ def overlay_names(files: Sequence[Path], out_dir: Path) -> dict[Path, Path]:
 
 def render(result: PredictResult, fmt: str) -> str:
     """The predictions as an aligned table, a JSON list of rows, or CSV."""
-    with_explanations = any(p.explanation for p in result.predictions)
-    columns = [*COLUMNS, "explanation"] if with_explanations else list(COLUMNS)
+    columns = list(COLUMNS)
+    columns += [name for name in ("explanation", "warning") if any(getattr(p, name) for p in result.predictions)]
     rows = [{key: asdict(p)[key] for key in columns} for p in result.predictions]
     if fmt == "json":
         return json.dumps(rows, indent=2) + "\n"
@@ -208,12 +223,13 @@ def summary(result: PredictResult) -> str:
         f"{len(result.predictions)} images predicted with {result.model}: "
         f"{cracks} crack, {len(result.predictions) - cracks} no crack"
     ]
-    if result.skipped.count:
-        reasons = ", ".join(f"{count} {reason}" for reason, count in result.skipped.by_reason().items())
-        lines.append(f"skipped {result.skipped.count} unreadable files ({reasons}):")
-        lines.extend(f"  {path}: {reason}" for path, reason in result.skipped.skipped)
-    else:
-        lines.append("skipped 0 unreadable files")
+    photos = sum(p.warning is not None for p in result.predictions)
+    if photos:
+        lines.append(
+            f"{photos} whole photos (more than {PHOTO_TILES}x a training tile on both sides) were squashed to one patch: "
+            f"their labels are unreliable; `crackcls scan` cuts them into tiles"
+        )
+    lines.extend(result.skipped.summary_lines())
     return "\n".join(lines)
 
 

@@ -1,0 +1,169 @@
+"""``crackcls scan``: whole photos, tile by tile: a verdict, crack tiles and crack regions per photo.
+
+Inputs and the model are taken as ``crackcls predict`` takes them; unreadable files are
+counted with their reasons. The tiling and the verdict rule are :mod:`crackcls.scan`.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from crackcls import atomic
+from crackcls.config import Config
+from crackcls.errors import CrackclsError
+from crackcls.evaluation import CRACK, load_model
+from crackcls.heatmap import save_png
+from crackcls.images import SkipReport
+from crackcls.jobs.predict import _config, champion_spec, expand_inputs, output_format, overlay_names
+from crackcls.scan import PhotoScan, ScanSettings, overlay_image, scan_files
+
+COLUMNS = ("path", "verdict", "crack_tiles", "tiles", "crack_fraction", "max_probability", "regions", "threshold")
+TILE_COLUMNS = ("path", "row", "col", "left", "top", "right", "bottom", "crack_probability", "crack")
+OVERLAY_SUFFIX = "_scan.png"
+
+
+@dataclass
+class ScanResult:
+    model: str
+    scans: list[PhotoScan]
+    skipped: SkipReport = field(default_factory=SkipReport)
+
+
+def settings_from(config: Config, tile: int | None = None, stride: int | None = None, threshold: float | None = None) -> ScanSettings:
+    """params.yaml's ``scan`` section (and ``evaluate.threshold``), with the command line's overrides."""
+    tile = tile or config.scan.tile
+    stride = stride if stride is not None else config.scan.stride
+    if stride is not None and tile != config.scan.tile and stride > tile:
+        stride = None  # a configured stride for another tile size
+    return ScanSettings(
+        tile=tile,
+        stride=stride,
+        threshold=config.evaluate.threshold if threshold is None else threshold,
+        min_crack_tiles=config.scan.min_crack_tiles,
+        connectivity=config.scan.connectivity,
+    )
+
+
+def scan_paths(
+    model,  # noqa: ANN001 - a keras.Model
+    files: Sequence[Path],
+    settings: ScanSettings,
+    batch_size: int,
+    overlay_dir: Path | None = None,
+    overlay_size: int = 1024,
+) -> tuple[list[PhotoScan], SkipReport]:
+    """Scan ``files``; with ``overlay_dir``, write ``<stem>_scan.png`` per photo as it finishes."""
+    skips = SkipReport()
+    targets = overlay_names(files, overlay_dir, OVERLAY_SUFFIX) if overlay_dir is not None else {}
+    scans = []
+    with _progress() as bar:
+        for scan, picture in scan_files(model, files, settings, batch_size, skips, overlay_size if targets else None, bar.update):
+            if picture is not None:
+                scan.overlay = str(save_png(overlay_image(picture, scan), targets[Path(scan.path)]))
+            scans.append(scan)
+    return scans, skips
+
+
+def run(
+    inputs: Sequence[str],
+    model_spec: str | None = None,
+    tile: int | None = None,
+    stride: int | None = None,
+    threshold: float | None = None,
+    batch_size: int | None = None,
+    overlay_dir: str | os.PathLike[str] | None = None,
+) -> ScanResult:
+    config = _config()
+    settings = settings_from(config, tile, stride, threshold)
+    batch_size = batch_size or config.evaluate.batch_size
+    if batch_size < 1:
+        raise CrackclsError(f"--batch-size must be at least 1, got {batch_size}")
+    files = expand_inputs(inputs)
+    spec = model_spec or champion_spec(config)
+    model, _ = load_model(spec)
+    out = Path(overlay_dir) if overlay_dir is not None else None
+    scans, skips = scan_paths(model, files, settings, batch_size, out, config.scan.overlay_size)
+    return ScanResult(spec, scans, skips)
+
+
+def _progress():  # noqa: ANN202 - a tqdm bar
+    from tqdm import tqdm
+
+    # Counts tiles; shown (disable=None) only on a terminal.
+    return tqdm(unit="tile", desc="scan", file=sys.stderr, leave=False, disable=None)
+
+
+def regions_text(regions: list[dict]) -> str:
+    """``left,top-right,bottom`` per region, for the table."""
+    return " ".join(f"{r['left']},{r['top']}-{r['right']},{r['bottom']}" for r in regions) or "-"
+
+
+def render(result: ScanResult, fmt: str) -> str:
+    """One row per photo: an aligned table, a JSON list (regions as objects), or CSV (regions as JSON text)."""
+    with_overlays = any(scan.overlay for scan in result.scans)
+    columns = [*COLUMNS, "overlay"] if with_overlays else list(COLUMNS)
+    if fmt == "json":
+        return json.dumps([scan.row() for scan in result.scans], indent=2) + "\n"
+    rows = [{key: scan.row()[key] for key in columns} for scan in result.scans]
+    if fmt == "csv":
+        return _csv([{**row, "regions": json.dumps(row["regions"])} for row in rows], columns)
+    if fmt == "table":
+        return _table([{**row, "regions": regions_text(row["regions"])} for row in rows], columns)
+    raise CrackclsError(f"unknown format '{fmt}'; use table, json or csv")
+
+
+def render_tiles(result: ScanResult, fmt: str) -> str:
+    """Every tile of every photo: JSON or CSV."""
+    rows = [row for scan in result.scans for row in scan.tile_rows()]
+    if fmt == "json":
+        return json.dumps(rows, indent=2) + "\n"
+    return _csv(rows, list(TILE_COLUMNS))
+
+
+def _csv(rows: list[dict], columns: list[str]) -> str:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    return buffer.getvalue()
+
+
+def _table(rows: list[dict], columns: list[str]) -> str:
+    from crackcls.jobs.predict import _table as aligned
+
+    return aligned(rows, columns)
+
+
+def write(
+    result: ScanResult,
+    fmt: str | None = None,
+    output: str | os.PathLike[str] | None = None,
+    tiles: str | os.PathLike[str] | None = None,
+) -> str:
+    """Write the per-tile file (JSON if ``tiles`` ends in .json, else CSV) and the photo rows (to ``output`` or returned)."""
+    if tiles:
+        atomic.write_text(tiles, render_tiles(result, "json" if Path(tiles).suffix.lower() == ".json" else "csv"))
+    text = render(result, output_format(fmt, output))
+    if output:
+        atomic.write_text(output, text)
+        return ""
+    return text
+
+
+def summary(result: ScanResult) -> str:
+    """The closing lines for stderr: counts, and every skipped file with its reason."""
+    cracks = sum(scan.verdict == CRACK for scan in result.scans)
+    tiles = sum(scan.tiles for scan in result.scans)
+    lines = [
+        f"{len(result.scans)} photos scanned ({tiles} tiles) with {result.model}: "
+        f"{cracks} crack, {len(result.scans) - cracks} no crack"
+    ]
+    lines.extend(result.skipped.summary_lines())
+    return "\n".join(lines)

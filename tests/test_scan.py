@@ -1,0 +1,411 @@
+"""Whole photos scanned tile by tile: the grid, the regions, the verdicts, the overlay, the outputs and the memory."""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from conftest import PATCH, REPO_ROOT, build_mosaic, crack_path, subprocess_env
+from PIL import Image
+
+from crackcls.errors import CrackclsError
+from crackcls.images import SkipReport, square_rgb
+from crackcls.scan import (
+    ScanSettings,
+    aggregate,
+    components,
+    overlay_image,
+    prefetched,
+    tile_grid,
+    tile_stream,
+)
+
+MODEL_SIZE = 32
+
+
+# ---------------------------------------------------------------- a small patch classifier
+def train_patch_model(target: Path) -> Path:
+    """A small CNN trained on the bundled sample's patches (never on the shared sample the mosaics use)."""
+    import keras
+
+    from crackcls.images import load_batch
+
+    arrays, labels = [], []
+    for label, name in enumerate(("Negative", "Positive")):
+        batch, _ = load_batch(sorted((REPO_ROOT / "sample" / name).glob("*.jpg")), MODEL_SIZE, SkipReport())
+        arrays.append(batch)
+        labels += [label] * len(batch)
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((MODEL_SIZE, MODEL_SIZE, 3), name="image")
+    x = keras.layers.Rescaling(1 / 255.0)(inputs)
+    for filters in (8, 16, 32):
+        x = keras.layers.Conv2D(filters, 3, padding="same", activation="relu")(x)
+        x = keras.layers.MaxPooling2D()(x)
+    x = keras.layers.GlobalMaxPooling2D()(x)
+    model = keras.Model(inputs, keras.layers.Dense(1, activation="sigmoid")(x))
+    model.compile(optimizer=keras.optimizers.Adam(3e-3), loss="binary_crossentropy")
+    model.fit(np.concatenate(arrays).astype(np.float32), np.asarray(labels, np.float32), epochs=15, batch_size=32, verbose=0)
+    model.save(target)
+    return target
+
+
+@pytest.fixture(scope="module")
+def patch_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return train_patch_model(tmp_path_factory.mktemp("scan-model") / "patches.keras")
+
+
+@pytest.fixture(scope="module")
+def sample() -> Path:
+    from conftest import SHARED_SAMPLE
+
+    if not (SHARED_SAMPLE / "Positive").is_dir():
+        pytest.skip("shared real-data sample not available")
+    return SHARED_SAMPLE
+
+
+def save(array: np.ndarray, path: Path, **kwargs) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(array).save(path, **kwargs)
+    return path
+
+
+@pytest.fixture(scope="module")
+def mosaics(sample: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """Four photos with a crack path of 3-6 patches (in Positive/) and four without (in Negative/), 8x6 patches each."""
+    root = tmp_path_factory.mktemp("mosaics")
+    rng = np.random.default_rng(7)
+    truth = {}
+    for i in range(4):
+        cells = crack_path(rng, 6, 8, 3 + i)
+        save(build_mosaic(sample, 6, 8, cells, seed=i), root / "Positive" / f"crack{i}.png")
+        truth[f"Positive/crack{i}.png"] = cells
+        save(build_mosaic(sample, 6, 8, [], seed=100 + i), root / "Negative" / f"plain{i}.png")
+    return {"root": root, "cells": truth}
+
+
+def cell_box(row: int, col: int) -> list[int]:
+    return [col * PATCH, row * PATCH, (col + 1) * PATCH, (row + 1) * PATCH]
+
+
+# ---------------------------------------------------------------- grid (pure)
+@pytest.mark.parametrize(
+    ("width", "height", "tile", "stride"),
+    [(908, 681, 227, None), (1000, 700, 227, None), (1000, 700, 227, 100), (4032, 3024, 227, None), (300, 120, 227, None)],
+)
+def test_tile_grid_covers_the_photo_with_edge_tiles_kept_inside(width, height, tile, stride):
+    grid = tile_grid(width, height, tile, stride)
+    covered = np.zeros((height, width), bool)
+    for left, top, right, bottom in grid.boxes():
+        assert 0 <= left < right <= width and 0 <= top < bottom <= height
+        assert right - left == min(tile, width) and bottom - top == min(tile, height)  # full-size tiles, never cut off
+        covered[top:bottom, left:right] = True
+    assert covered.all()
+    step = stride or tile
+    assert all(b - a <= step for a, b in zip(grid.xs, grid.xs[1:]))  # the last one shifted back, never a gap
+
+
+def test_grid_for_sizes_that_are_multiples_and_not_and_a_tiny_photo():
+    assert tile_grid(908, 681).xs == (0, 227, 454, 681) and tile_grid(908, 681).ys == (0, 227, 454)
+    assert tile_grid(1000, 681).xs == (0, 227, 454, 681, 773)  # 1000 = 4 x 227 + 92: last tile ends at 1000
+    assert tile_grid(4032, 3024).count == 18 * 14
+    tiny = tile_grid(100, 60)
+    assert tiny.count == 1 and tiny.boxes() == [(0, 0, 100, 60)]
+
+
+def test_stride_larger_than_the_tile_is_refused():
+    with pytest.raises(CrackclsError, match="stride"):
+        ScanSettings(tile=227, stride=300)
+
+
+# ---------------------------------------------------------------- aggregation (pure)
+def test_connected_crack_tiles_merge_into_boxes_in_photo_pixels():
+    grid = tile_grid(5 * 100, 4 * 100, 100)
+    probs = np.zeros((4, 5))
+    probs[0, 0] = probs[1, 1] = 0.9  # diagonal neighbours
+    probs[3, 2] = probs[3, 3] = probs[3, 4] = 0.7  # a horizontal run
+    probs[0, 4] = 0.49  # just below the threshold
+
+    eight = aggregate("p", grid, probs, ScanSettings(tile=100, connectivity=8))
+    assert [r.box for r in eight.regions] == [(0, 0, 200, 200), (200, 300, 500, 400)]
+    assert [r.tiles for r in eight.regions] == [2, 3]
+    assert eight.regions[0].max_probability == pytest.approx(0.9)
+    four = aggregate("p", grid, probs, ScanSettings(tile=100, connectivity=4))
+    assert sorted(r.box for r in four.regions) == [(0, 0, 100, 100), (100, 100, 200, 200), (200, 300, 500, 400)]
+    assert eight.crack_tiles == 5 and eight.tiles == 20 and eight.crack_fraction == pytest.approx(0.25)
+    assert eight.max_probability == pytest.approx(0.9)
+
+
+def test_regions_of_shifted_edge_tiles_end_at_the_photo_edge():
+    grid = tile_grid(250, 250, 100)  # starts 0, 100, 150
+    probs = np.zeros((3, 3))
+    probs[2, 2] = 0.8
+    (region,) = aggregate("p", grid, probs, ScanSettings(tile=100)).regions
+    assert region.box == (150, 150, 250, 250)
+
+
+def test_verdict_needs_min_crack_tiles_and_agrees_with_the_score():
+    grid = tile_grid(300, 100, 100)
+    probs = np.array([[0.2, 0.8, 0.6]])
+    one = aggregate("p", grid, probs, ScanSettings(tile=100, threshold=0.5))
+    assert one.verdict == "crack" and one.score == pytest.approx(0.8)
+    two = aggregate("p", grid, probs, ScanSettings(tile=100, threshold=0.5, min_crack_tiles=2))
+    assert two.verdict == "crack" and two.score == pytest.approx(0.6)
+    three = aggregate("p", grid, probs, ScanSettings(tile=100, threshold=0.5, min_crack_tiles=3))
+    assert three.verdict == "no_crack" and three.score == pytest.approx(0.2)
+    none = aggregate("p", grid, np.array([[0.1, 0.3, 0.49]]), ScanSettings(tile=100))
+    assert none.verdict == "no_crack" and none.regions == []
+
+
+def test_components_four_and_eight():
+    mask = np.array([[1, 0, 1], [0, 1, 0], [1, 0, 0]], bool)
+    assert len(components(mask, 8)) == 1
+    assert len(components(mask, 4)) == 4
+    with pytest.raises(CrackclsError):
+        components(mask, 6)
+
+
+def test_overlay_shows_crack_tiles_hot_and_boxes_them():
+    grid = tile_grid(400, 200, 100)
+    probs = np.zeros((2, 4))
+    probs[0, 1] = probs[0, 2] = 0.95
+    scan = aggregate("p", grid, probs, ScanSettings(tile=100))
+    picture = np.full((100, 200, 3), 128, np.uint8)  # half-size copy of a grey photo
+    out = overlay_image(picture, scan)
+    assert out.shape == picture.shape
+    hot, cold = out[25, 75].astype(int), out[75, 25].astype(int)  # inside tile (0, 1); inside tile (1, 0)
+    assert hot[0] > hot[2] + 40 and cold[2] > cold[0] + 40  # red where cracks are, blue elsewhere
+    assert (out[0, 60:140] == 255).all()  # the region box (50..150 x 0..50 at half size), drawn in white
+
+
+# ---------------------------------------------------------------- streaming (no model)
+def gradient_photo(width: int, height: int) -> np.ndarray:
+    yy, xx = np.mgrid[0:height, 0:width]
+    return np.stack([xx % 256, yy % 256, (xx // 7 + yy // 5) % 256], axis=-1).astype(np.uint8)
+
+
+def stream(path: Path, settings: ScanSettings, size: int = 32, batch: int = 4, overlay_size=None):  # noqa: ANN001, ANN201
+    events = list(tile_stream([path], settings, size, batch, overlay_size))
+    photo = events[0]
+    tiles = np.concatenate([e.pixels for e in events[1:]])
+    owners = [o for e in events[1:] for o in e.owners]
+    return photo, tiles, owners
+
+
+def test_tiles_are_cut_at_full_resolution_from_the_right_places(tmp_path):
+    pixels = gradient_photo(500, 300)
+    path = save(pixels, tmp_path / "photo.png")
+    photo, tiles, owners = stream(path, ScanSettings(tile=227), overlay_size=100)
+    assert (photo.grid.width, photo.grid.height) == (500, 300)
+    assert owners == [(0, i) for i in range(photo.grid.count)] and photo.grid.count == 6
+    for number, (left, top, right, bottom) in enumerate(photo.grid.boxes()):
+        expected = np.asarray(square_rgb(Image.fromarray(pixels[top:bottom, left:right]), 32))
+        np.testing.assert_array_equal(tiles[number], expected)
+    assert photo.picture.shape == (60, 100, 3)  # the overlay copy: longest side 100, aspect kept
+
+
+def test_exif_rotated_photo_is_scanned_upright(tmp_path):
+    upright = gradient_photo(500, 300)
+    stored = np.ascontiguousarray(np.rot90(upright, k=1))  # stored turned; EXIF 6 says: turn 90 degrees clockwise to view
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    path = tmp_path / "rotated.png"
+    Image.fromarray(stored).save(path, exif=exif.tobytes())
+    plain = save(upright, tmp_path / "upright.png")
+    rotated_photo, rotated_tiles, _ = stream(path, ScanSettings(tile=227))
+    plain_photo, plain_tiles, _ = stream(plain, ScanSettings(tile=227))
+    assert (rotated_photo.grid.width, rotated_photo.grid.height) == (500, 300)
+    np.testing.assert_array_equal(rotated_tiles, plain_tiles)
+
+
+def test_tiny_photo_is_one_tile(tmp_path):
+    path = save(gradient_photo(120, 90), tmp_path / "tiny.png")
+    photo, tiles, _ = stream(path, ScanSettings(tile=227))
+    assert photo.grid.count == 1 and tiles.shape == (1, 32, 32, 3)
+
+
+def test_unreadable_files_become_skips_and_batches_span_photos(tmp_path):
+    good = save(gradient_photo(300, 300), tmp_path / "a.png")  # 2 x 2 tiles of 227
+    bad = tmp_path / "b.jpg"
+    bad.write_bytes(b"not an image at all")
+    empty = tmp_path / "c.jpg"
+    empty.touch()
+    events = list(tile_stream([good, bad, empty, good], ScanSettings(), 32, 3))
+    kinds = [type(e).__name__ for e in events]
+    assert kinds == ["_Photo", "_Batch", "_Skip", "_Skip", "_Photo", "_Batch", "_Batch"]
+    assert events[4 + 1].owners == [(0, 3), (3, 0), (3, 1)]  # one batch holds tiles of two photos
+    assert [(e.path.name, e.reason) for e in events if kinds[events.index(e)] == "_Skip"] == [
+        ("b.jpg", "not an image"), ("c.jpg", "empty file")]  # fmt: skip
+
+
+def test_prefetch_passes_items_in_order_and_reraises_errors():
+    assert list(prefetched(iter(range(10)), depth=2)) == list(range(10))
+
+    def broken():
+        yield 1
+        raise ValueError("decoder broke")
+
+    with pytest.raises(ValueError, match="decoder broke"):
+        list(prefetched(broken()))
+
+
+# ---------------------------------------------------------------- with a model
+def scan_run(model: Path, inputs, **kwargs):  # noqa: ANN001, ANN201
+    from crackcls.jobs import scan
+
+    return scan.run([str(p) for p in inputs], str(model), **kwargs)
+
+
+def test_mosaic_verdicts_and_regions_cover_the_crack_path(patch_model, mosaics, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # no params.yaml: the defaults (227 px tiles, threshold 0.5)
+    result = scan_run(patch_model, [mosaics["root"]])
+    by_name = {Path(s.path).name: s for s in result.scans}
+    assert len(by_name) == 8 and result.skipped.count == 0
+    for name, scan in by_name.items():
+        assert scan.tiles == 48 and (scan.grid.width, scan.grid.height) == (8 * PATCH, 6 * PATCH)
+        assert scan.verdict == ("crack" if name.startswith("crack") else "no_crack"), (name, scan.row())
+    hits = misses = false = 0
+    for key, cells in mosaics["cells"].items():
+        scan = by_name[Path(key).name]
+        path_tiles = set(map(tuple, cells))
+        found = {(int(r), int(c)) for r, c in zip(*np.nonzero(scan.crack_mask))}
+        hits, misses, false = hits + len(found & path_tiles), misses + len(path_tiles - found), false + len(found - path_tiles)
+        for row, col in found & path_tiles:  # every found crack patch lies inside a region box, in photo pixels
+            left, top, right, bottom = cell_box(row, col)
+            assert any(r.left <= left and r.top <= top and r.right >= right and r.bottom >= bottom for r in scan.regions)
+        assert sum(r.tiles for r in scan.regions) == scan.crack_tiles
+    assert hits >= 0.75 * (hits + misses)  # most crack patches found
+    assert false + sum(by_name[f"plain{i}.png"].crack_tiles for i in range(4)) <= 8  # at most one false tile a photo
+
+
+def test_scan_command_writes_rows_tiles_and_overlays(patch_model, sample, tmp_path, monkeypatch, capsys):
+    from crackcls import cli
+
+    monkeypatch.chdir(tmp_path)
+    cells = [(1, 1), (1, 2), (2, 2)]
+    photo = build_mosaic(sample, 4, 5, cells, seed=3)
+    odd = save(photo[: 4 * PATCH - 50, : 5 * PATCH - 30], tmp_path / "in" / "odd.jpg", quality=95)  # not a tile multiple
+    tiny = save(photo[:100, :150], tmp_path / "in" / "tiny.png")
+    (tmp_path / "in" / "broken.jpg").write_bytes(b"\xff\xd8 truncated")
+    with pytest.raises(SystemExit) as exit_code:
+        cli.main(["scan", str(tmp_path / "in"), "--model", str(patch_model), "--format", "json",
+                  "--tiles", str(tmp_path / "tiles.csv"), "--overlay", str(tmp_path / "overlays")])  # fmt: skip
+    assert exit_code.value.code == 0
+    out = capsys.readouterr()
+    rows = {Path(r["path"]).name: r for r in json.loads(out.out)}
+    assert set(rows) == {"odd.jpg", "tiny.png"}
+    assert "skipped 1 unreadable files" in out.err and "broken.jpg" in out.err
+    assert rows["odd.jpg"]["tiles"] == 20 and (rows["odd.jpg"]["width"], rows["odd.jpg"]["height"]) == (5 * PATCH - 30, 4 * PATCH - 50)
+    assert rows["odd.jpg"]["verdict"] == "crack" and rows["tiny.png"]["tiles"] == 1
+    for region in rows["odd.jpg"]["regions"]:
+        assert 0 <= region["left"] < region["right"] <= 5 * PATCH - 30 and 0 <= region["top"] < region["bottom"] <= 4 * PATCH - 50
+    tiles = (tmp_path / "tiles.csv").read_text().splitlines()
+    assert tiles[0] == "path,row,col,left,top,right,bottom,crack_probability,crack" and len(tiles) == 1 + 20 + 1
+    overlay = Image.open(rows["odd.jpg"]["overlay"])
+    assert overlay.format == "PNG" and overlay.size == (1024, round(1024 * (4 * PATCH - 50) / (5 * PATCH - 30)))
+    assert Path(rows["odd.jpg"]["overlay"]).name == "odd_scan.png"
+
+
+def test_scan_table_and_csv_outputs(patch_model, mosaics, tmp_path, monkeypatch):
+    from crackcls.jobs import scan
+
+    monkeypatch.chdir(tmp_path)
+    result = scan_run(patch_model, [mosaics["root"] / "Positive" / "crack0.png"])
+    table = scan.render(result, "table")
+    assert table.splitlines()[0].split()[:3] == ["path", "verdict", "crack_tiles"] and "crack0.png" in table
+    scan.write(result, output=tmp_path / "rows.csv")
+    (row,) = list(csv.DictReader((tmp_path / "rows.csv").open()))
+    assert list(row)[:4] == ["path", "verdict", "crack_tiles", "tiles"] and row["verdict"] == "crack"
+    assert [r["tiles"] for r in json.loads(row["regions"])] == [r.tiles for r in result.scans[0].regions]
+
+
+def test_predict_flags_whole_photos_and_points_to_scan(patch_model, mosaics, tmp_path, monkeypatch):
+    from crackcls.jobs import predict
+
+    monkeypatch.chdir(tmp_path)
+    patch = REPO_ROOT / "sample" / "Positive" / sorted(p.name for p in (REPO_ROOT / "sample" / "Positive").glob("*.jpg"))[0]
+    result = predict.run([str(mosaics["root"] / "Positive" / "crack0.png"), str(patch)], str(patch_model))
+    warnings = {Path(p.path).name: p.warning for p in result.predictions}
+    assert warnings[patch.name] is None
+    assert "crackcls scan" in warnings["crack0.png"] and f"{8 * PATCH}x{6 * PATCH}" in warnings["crack0.png"]
+    assert "warning" in predict.render(result, "csv").splitlines()[0]
+    assert "1 whole photos" in predict.summary(result) and "crackcls scan" in predict.summary(result)
+
+
+def test_evaluate_scan_gives_photo_and_tile_metrics_in_mlflow(patch_model, mosaics, tiny_project, capsys):
+    import mlflow
+
+    from crackcls import cli, tracking
+
+    truth = {name: [cell_box(r, c) for r, c in cells] for name, cells in mosaics["cells"].items()}
+    (tiny_project / "truth.json").write_text(json.dumps(truth))
+    with pytest.raises(SystemExit) as exit_code:
+        cli.main(["evaluate", "--scan", "--data", str(mosaics["root"]), "--model", str(patch_model),
+                  "--tile-truth", "truth.json", "--out", "scan-eval"])  # fmt: skip
+    assert exit_code.value.code == 0
+    metrics = json.loads((tiny_project / "scan-eval" / "metrics.json").read_text())
+    assert metrics["accuracy"] == 1.0 and metrics["n"] == 8 and metrics["scan_tile"] == PATCH
+    tiles = json.loads((tiny_project / "scan-eval" / "tile_metrics.json").read_text())
+    assert tiles["tile_photos"] == 8 and tiles["tile_tp"] + tiles["tile_fn"] == sum(map(len, mosaics["cells"].values()))
+    assert tiles["tile_recall"] >= 0.75 and tiles["fp_tiles_per_photo"] <= 1
+    assert "tile_recall" in capsys.readouterr().out
+    tracking.configure_uri_only()
+    runs = mlflow.search_runs(experiment_names=["tests"], output_format="list")
+    logged = runs[0].data
+    assert logged.metrics["scan_accuracy"] == 1.0 and logged.metrics["scan_tile_recall"] == pytest.approx(tiles["tile_recall"])
+    assert logged.params["scan_tile"] == str(PATCH) and logged.params["tile_truth"] == "truth.json"
+
+
+def test_evaluate_tile_truth_without_scan_is_refused(tiny_project):
+    from crackcls import cli
+
+    with pytest.raises(SystemExit) as exit_code:
+        cli.main(["evaluate", "--tile-truth", "truth.json"])
+    assert exit_code.value.code == 2
+
+
+# Peak RSS from VmHWM: ru_maxrss would start at the forking parent's size on Linux.
+MEMORY_SCRIPT = """
+import re, sys
+from pathlib import Path
+from crackcls.evaluation import load_model
+from crackcls.images import SkipReport
+from crackcls.scan import ScanSettings, scan_files
+def peak_mb():
+    return int(re.search(r"VmHWM:\\s+(\\d+) kB", Path("/proc/self/status").read_text()).group(1)) // 1024
+model, _ = load_model(sys.argv[1])
+before = peak_mb()
+(scan, _), = scan_files(model, [Path(sys.argv[2])], ScanSettings(), 64, SkipReport(), overlay_size=1024)
+print(scan.tiles, before, peak_mb())
+"""
+
+
+def peak_rss_mb(model: Path, photo: Path) -> tuple[int, int, int]:
+    done = subprocess.run([sys.executable, "-c", MEMORY_SCRIPT, str(model), str(photo)], capture_output=True, text=True,
+                          env=subprocess_env(), timeout=600)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    tiles, before, after = map(int, done.stdout.split()[-3:])
+    return tiles, before, after
+
+
+def test_a_100_megapixel_photo_scans_in_bounded_memory(patch_model, sample, tmp_path):
+    if not Path("/proc/self/status").is_file():
+        pytest.skip("peak memory is read from /proc (Linux)")
+    patch_grid = build_mosaic(sample, 4, 4, [(1, 1)], seed=5)
+    big = np.tile(patch_grid, (11, 13, 1))[:8660, :11547]  # 100 MP
+    small = big[:3024, :4032]  # 12 MP
+    save(big, tmp_path / "100mp.jpg", quality=85)
+    save(small, tmp_path / "12mp.jpg", quality=85)
+    del big, small, patch_grid
+    tiles_big, base_big, peak_big = peak_rss_mb(patch_model, tmp_path / "100mp.jpg")
+    tiles_small, base_small, peak_small = peak_rss_mb(patch_model, tmp_path / "12mp.jpg")
+    assert tiles_big == 51 * 39 and tiles_small == 18 * 14
+    # The decoded photo (3 bytes a pixel: 300 MB at 100 MP) is held once; tiles and batches are not.
+    assert peak_big - base_big <= 600, (peak_big, base_big)
+    assert peak_big - peak_small <= 450, (peak_big, peak_small)
+    assert peak_big <= 1500
