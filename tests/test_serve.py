@@ -15,6 +15,7 @@ import requests
 from conftest import (
     BIN_DIR,
     REPO_ROOT,
+    build_mosaic,
     free_port,
     local_server,
     trained_tiny_project,
@@ -135,3 +136,31 @@ def test_registered_version_is_the_pyfunc_beside_the_keras_flavour(project, monk
     assert (project / "reports/error_gallery.png").read_bytes()[:4] == b"\x89PNG"
     logged = {a.path for a in tracking.client().list_artifacts(info["run_id"], "evaluation")}
     assert "evaluation/error_gallery.png" in logged
+
+
+def test_a_whole_photo_is_scanned_when_the_request_asks(project, server, monkeypatch, tmp_path):
+    """``"params": {"scan": true}``: the photo verdict and regions, the same as ``crackcls scan`` with that model."""
+    from PIL import Image
+
+    from crackcls.evaluation import load_model
+    from crackcls.jobs.scan import scan_paths
+    from crackcls.scan import ScanSettings
+
+    photo = tmp_path / "mosaic.jpg"
+    Image.fromarray(build_mosaic(REPO_ROOT / "sample", 3, 4, [(0, 1), (1, 1), (1, 2)], seed=1)).save(photo, quality=95)
+    payload = {"dataframe_records": [{"image": encode_file(photo)}, {"image": "not base64!"}], "params": {"scan": True}}
+    response = invoke(server, payload)
+    assert response.status_code == 200, response.text
+    served, bad = response.json()["predictions"]
+    assert bad["error"] == "not base64" and bad["regions"] is None
+
+    use_project_store(monkeypatch, project)
+    model, _ = load_model(MODEL_URI)
+    (local,), _ = scan_paths(model, [photo], ScanSettings(), 32)
+    assert served["error"] is None and served["tiles"] == 12 == local.tiles
+    assert served["label"] == local.verdict and served["crack_tiles"] == local.crack_tiles
+    assert served["crack_probability"] == pytest.approx(local.score, abs=1e-4)
+    assert json.loads(served["regions"]) == [r.as_dict() for r in local.regions]
+
+    plain = invoke(server, {"dataframe_records": [{"image": encode_file(photo)}]}).json()["predictions"][0]
+    assert "regions" not in plain  # without the parameter: one squashed image, as before
