@@ -25,6 +25,15 @@ b. Prediction: images/s of the project's batch prediction on a folder of JPEGs
 c. Split: seconds for the split stage on 40,000 files (copies of the sample with
    a few unique trailing bytes each, so they stay distinct).
 d. Memory: peak RSS of the training and prediction subprocesses.
+f. Scan: tiles/s while scanning 4032 x 3024 JPEGs (mosaics of sample patches) against the
+   raw forward rate of the same model on in-memory tensors, and seconds per photo, for
+   each ``--scan-backbones`` entry (untrained weights: speed does not depend on them).
+g. Scan memory: peak RSS of a subprocess scanning one 12 MP and one 100 MP JPEG, per backbone.
+h. Scan accuracy (with ``--scan-model``): photo-level accuracy, crack-tile recall and false
+   crack tiles per photo on 12 x 9-patch mosaics (half with a crack path of 3-8 patches)
+   of shared-sample images whose bytes are not in the bundled sample/ (not trained on by the demo).
+
+    python bench/run.py --parts scan --scan-model models/model.keras   # f-h only
 """
 
 from __future__ import annotations
@@ -310,6 +319,183 @@ def part_split(source: Path, work: Path, copies: int) -> dict:
     return {"files": count, "seconds": round(seconds, 2), "total": report["total"], "duplicates_removed": report["duplicates_removed"]}
 
 
+# ---------------------------------------------------------------- scan (whole photos)
+def _mosaic_tools():
+    """The tests' mosaic builders: a crack path of Positive patches in a grid of Negative ones."""
+    sys.path.insert(0, str(REPO_ROOT / "tests"))
+    from conftest import build_mosaic, crack_path
+
+    return build_mosaic, crack_path
+
+
+def unseen_sample(source: Path, seen: Path, target: Path) -> Path:
+    """``source``'s images whose bytes do not occur under ``seen`` (the training data), linked into ``target``."""
+    import hashlib
+
+    def digest(path: Path) -> str:
+        return hashlib.sha256(path.read_bytes()).hexdigest()
+
+    known = {digest(p) for p in seen.rglob("*.jpg")}
+    for label in ("Negative", "Positive"):
+        (target / label).mkdir(parents=True, exist_ok=True)
+        for image in sorted((source / label).glob("*.jpg")):
+            if digest(image) not in known:
+                os.symlink(image, target / label / image.name)
+    return target
+
+
+def photo_12mp(sample: Path, target: Path, seed: int) -> Path:
+    """A 4032 x 3024 JPEG of sample patches with a crack path, as a phone camera would take it."""
+    import numpy as np
+    from PIL import Image
+
+    build_mosaic, crack_path = _mosaic_tools()
+    cells = crack_path(np.random.default_rng(seed), 14, 18, 5)
+    Image.fromarray(build_mosaic(sample, 14, 18, cells, seed)[:3024, :4032]).save(target, quality=92)
+    return target
+
+
+def part_scan_speed(backbone: str, size: int, sample: Path, work: Path, photos: int, batch: int) -> dict:
+    """Tiles/s scanning 12 MP JPEGs against the raw forward rate on in-memory tensors (same model, batch)."""
+    import numpy as np
+    import tensorflow as tf
+
+    from crackcls.config import ModelConfig, TrainConfig
+    from crackcls.evaluation import forward_pass
+    from crackcls.images import SkipReport
+    from crackcls.model import build_model
+    from crackcls.scan import ScanSettings, scan_files
+
+    model = build_model(ModelConfig(backbone=backbone, weights="none", image_size=size), TrainConfig()).model
+    work.mkdir(parents=True, exist_ok=True)
+    files = [photo_12mp(sample, work / f"photo{i}.jpg", seed=i) for i in range(photos)]
+    settings = ScanSettings()
+    list(scan_files(model, files[:1], settings, batch, SkipReport()))  # warm-up: tracing, thread start
+    started = time.perf_counter()
+    scans = [scan for scan, _ in scan_files(model, files, settings, batch, SkipReport())]
+    scan_s = time.perf_counter() - started
+    tiles = sum(scan.tiles for scan in scans)
+
+    forward = forward_pass(model)
+    tensors = [tf.constant(np.random.default_rng(0).integers(0, 256, (batch, size, size, 3)).astype(np.float32))
+               for _ in range(-(-tiles // batch))]  # fmt: skip
+    forward(tensors[0]).numpy()
+    started = time.perf_counter()
+    for chunk in tensors:
+        forward(chunk).numpy()
+    raw_s = (time.perf_counter() - started) * tiles / (len(tensors) * batch)
+    return {
+        "backbone": backbone, "size": size, "photos": photos, "tiles": tiles, "batch": batch,
+        "scan_tiles_s": round(tiles / scan_s, 1), "raw_forward_tiles_s": round(tiles / raw_s, 1),
+        "ratio": round(raw_s / scan_s, 3), "s_per_photo": round(scan_s / photos, 2),
+    }  # fmt: skip
+
+
+def part_big_photo(sample: Path, work: Path, megapixels: int) -> dict:
+    """A 4:3 JPEG of ``megapixels`` (tiled sample patches), made apart so its making does not count in the scan's memory."""
+    import numpy as np
+    from PIL import Image
+
+    build_mosaic, _ = _mosaic_tools()
+    width = int((megapixels * 1e6 * 4 / 3) ** 0.5)
+    height = int(width * 3 / 4)
+    block = build_mosaic(sample, 4, 4, [(1, 1), (2, 1)], seed=1)
+    work.mkdir(parents=True, exist_ok=True)
+    photo = work / f"{megapixels}mp.jpg"
+    Image.fromarray(np.tile(block, (-(-height // block.shape[0]), -(-width // block.shape[1]), 1))[:height, :width]).save(photo, quality=90)
+    return {"photo": str(photo), "megapixels": round(width * height / 1e6, 1)}
+
+
+def part_scan_memory(photo: Path, backbone: str, size: int) -> dict:
+    """Scan one photo (with an overlay copy); peak RSS comes from run_part."""
+    from crackcls.config import ModelConfig, TrainConfig
+    from crackcls.images import SkipReport
+    from crackcls.model import build_model
+    from crackcls.scan import ScanSettings, scan_files
+
+    model = build_model(ModelConfig(backbone=backbone, weights="none", image_size=size), TrainConfig()).model
+    started = time.perf_counter()
+    ((scan, _),) = scan_files(model, [photo], ScanSettings(), 64, SkipReport(), overlay_size=1024)
+    return {"backbone": backbone, "tiles": scan.tiles, "seconds": round(time.perf_counter() - started, 1)}
+
+
+def part_scan_accuracy(model_spec: str, sample: Path, work: Path, photos: int) -> dict:
+    """Photo verdicts and crack tiles on photo-sized mosaics (12 x 9 patches) of images the model did not train on."""
+    import numpy as np
+    from PIL import Image
+
+    from crackcls.evaluation import load_model
+    from crackcls.jobs.evaluate import tile_level_metrics
+    from crackcls.jobs.scan import scan_paths
+    from crackcls.scan import ScanSettings
+
+    build_mosaic, crack_path = _mosaic_tools()
+    rng = np.random.default_rng(2024)
+    truth, labels = {}, {}
+    for i in range(photos):
+        crack = i % 2 == 0
+        cells = crack_path(rng, 9, 12, int(rng.integers(3, 9))) if crack else []
+        path = work / ("Positive" if crack else "Negative") / f"photo{i:02d}.jpg"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(build_mosaic(sample, 9, 12, cells, seed=1000 + i)).save(path, quality=92)
+        truth[str(path.resolve())] = [(c * 227, r * 227, (c + 1) * 227, (r + 1) * 227) for r, c in cells]
+        labels[str(path)] = int(crack)
+    model, _ = load_model(model_spec)
+    settings = ScanSettings()
+    scans, _ = scan_paths(model, [Path(p) for p in labels], settings, 64)
+    correct = sum((scan.verdict == "crack") == bool(labels[scan.path]) for scan in scans)
+    tiles = tile_level_metrics(scans, truth, work)
+    return {
+        "model": model_spec, "photos": len(scans), "photo_accuracy": round(correct / len(scans), 4),
+        "tile_recall": round(tiles["tile_recall"], 4), "tile_precision": round(tiles["tile_precision"], 4),
+        "fp_tiles_per_photo": round(tiles["fp_tiles_per_photo"], 3),
+        "false_crack_photos": sum(scan.verdict == "crack" and not labels[scan.path] for scan in scans),
+        "missed_crack_photos": sum(scan.verdict != "crack" and labels[scan.path] for scan in scans),
+    }  # fmt: skip
+
+
+def scan_rows(scan: dict) -> list[str]:
+    rows = []
+    for s in scan.get("speed", []):
+        rows.append(
+            f"| f. Scan, 12 MP JPEGs ({s['backbone']}, {s['size']} px, batch {s['batch']}) | {s['scan_tiles_s']} tiles/s vs raw forward "
+            f"{s['raw_forward_tiles_s']} tiles/s: **{s['ratio']:.2f}**; **{s['s_per_photo']} s** per 4032×3024 photo "
+            f"({s['tiles'] // s['photos']} tiles) | ≥ 0.9; ≤ 3 s (compact) |"
+        )
+    for m in scan.get("memory", []):
+        rows.append(
+            f"| g. Scan peak RSS, {m['megapixels']} MP photo ({m['tiles']} tiles, {m['backbone']}, {m['size']} px, batch 64) | "
+            f"**{m['peak_rss_mb']} MB** ({m['seconds']} s) | ≤ 1.5 GB |"
+        )
+    if "accuracy" in scan:
+        a = scan["accuracy"]
+        rows.append(
+            f"| h. Scan accuracy, {a['photos']} mosaics of unseen patches ({a['model']}) | photo accuracy **{a['photo_accuracy']:.3f}**, "
+            f"crack-tile recall **{a['tile_recall']:.3f}**, **{a['fp_tiles_per_photo']}** false tiles/photo | ≥ 0.95; ≥ 0.95 at ≤ 1 |"
+        )
+    return rows
+
+
+def run_scan_parts(args: argparse.Namespace, data: Path, scratch: Path) -> dict:
+    unseen = unseen_sample(data, REPO_ROOT / "sample", scratch / "unseen")
+    results: dict = {"speed": []}
+    for spec in args.scan_backbones:
+        backbone, size = spec.split(":")
+        results["speed"].append(run_part("scan_speed", "--scan-backbone", backbone, "--size", size, "--data", str(unseen),
+                                         "--work", str(scratch / "scan12"), "--batch", "64", "--scan-photos", str(args.scan_photos)))  # fmt: skip
+    results["memory"] = []
+    for megapixels in (12, 100):
+        big = run_part("big_photo", "--data", str(unseen), "--work", str(scratch / "big"), "--megapixels", str(megapixels))
+        for spec in args.scan_backbones:
+            backbone, size = spec.split(":")
+            measured = run_part("scan_memory", "--photo", big["photo"], "--scan-backbone", backbone, "--size", size)
+            results["memory"].append({**measured, "megapixels": big["megapixels"], "size": int(size)})
+    if args.scan_model:
+        results["accuracy"] = run_part("scan_accuracy", "--scan-model", args.scan_model, "--data", str(unseen),
+                                       "--work", str(scratch / "mosaics"), "--scan-photos", str(args.scan_mosaics))  # fmt: skip
+    return results
+
+
 # ---------------------------------------------------------------- driver
 def table(results: dict) -> str:
     rows = ["| benchmark | measured | target |", "|---|---|---|"]
@@ -342,7 +528,7 @@ def table(results: dict) -> str:
     return "\n".join(rows)
 
 
-PARTS = ("training", "without_imagenet", "predict", "split")
+PARTS = ("training", "without_imagenet", "predict", "split", "scan")
 
 
 def main() -> None:
@@ -359,11 +545,19 @@ def main() -> None:
     parser.add_argument("--predict-images", type=int, default=1000)
     parser.add_argument("--split-copies", type=int, default=10)
     parser.add_argument("--out", type=Path, default=RESULTS / "bench.json")
+    parser.add_argument("--scan-backbones", nargs="+", default=["compact_cnn:96", "mobilenet_v2:224"], metavar="BACKBONE:SIZE",
+                        help="models timed while scanning 12 MP photos")  # fmt: skip
+    parser.add_argument("--scan-photos", type=int, default=4, help="12 MP photos scanned per timing")
+    parser.add_argument("--scan-model", default=None, help="a trained model (path or models:/ URI) for the scan accuracy part")
+    parser.add_argument("--scan-mosaics", type=int, default=40, help="photo-sized mosaics for the scan accuracy part")
     parser.add_argument("--part", help=argparse.SUPPRESS)
     parser.add_argument("--result", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--project", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--work", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--overrides", default="{}", help=argparse.SUPPRESS)
+    parser.add_argument("--scan-backbone", help=argparse.SUPPRESS)
+    parser.add_argument("--photo", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--megapixels", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
 
     if args.part:
@@ -375,6 +569,10 @@ def main() -> None:
             "seed_train": lambda: part_seed_train(args.project, max(args.epochs), sorted(args.epochs)),
             "predict": lambda: part_predict(args.project, args.predict_images, args.batch),
             "split": lambda: part_split(args.data, args.work, args.split_copies),
+            "scan_speed": lambda: part_scan_speed(args.scan_backbone, args.size, args.data, args.work, args.scan_photos, args.batch),
+            "big_photo": lambda: part_big_photo(args.data, args.work, args.megapixels),
+            "scan_memory": lambda: part_scan_memory(args.photo, args.scan_backbone, args.size),
+            "scan_accuracy": lambda: part_scan_accuracy(args.scan_model, args.data, args.work, args.scan_photos),
         }
         result = handlers[args.part]()
         args.result.write_text(json.dumps(result))
@@ -385,6 +583,17 @@ def main() -> None:
         args.scratch_size, args.scratch_epochs, args.frozen_epochs = 48, 2, 2
     data = args.data or (SHARED_SAMPLE if (SHARED_SAMPLE / "Positive").is_dir() else REPO_ROOT / "sample")
     scratch = Path(tempfile.mkdtemp(prefix="crackcls-bench-"))
+    if args.parts == ["scan"]:  # no training project needed
+        try:
+            scan = run_scan_parts(args, data, scratch)
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
+        out = args.out.with_name("bench_scan.json") if args.out == RESULTS / "bench.json" else args.out
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps({"scan": scan, "table": "\n".join(scan_rows(scan))}, indent=2))
+        print("\n".join(["| benchmark | measured | target |", "|---|---|---|", *scan_rows(scan)]))
+        print(f"\nwritten: {out}")
+        return
     try:
         project = make_project(scratch / "project", data, args.size, max(args.epochs), args.batch)
         common = ["--project", str(project), "--batch", str(args.batch)]
@@ -439,7 +648,9 @@ def main() -> None:
         if "split" in args.parts:
             results["split"] = run_part("split", "--data", str(data), "--work", str(scratch / "split"), "--split-copies", str(args.split_copies))
         results["memory"] = memory
-        results["table"] = table(results)
+        if "scan" in args.parts:
+            results["scan"] = run_scan_parts(args, data, scratch)
+        results["table"] = "\n".join([table(results), *scan_rows(results.get("scan", {}))])
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(results, indent=2))
         print(results["table"])

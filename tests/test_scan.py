@@ -15,7 +15,7 @@ from conftest import PATCH, REPO_ROOT, build_mosaic, crack_path, subprocess_env
 from PIL import Image
 
 from crackcls.errors import CrackclsError
-from crackcls.images import SkipReport, square_rgb
+from crackcls.images import SkipReport, load_rgb, patch_rgb
 from crackcls.scan import (
     ScanSettings,
     aggregate,
@@ -204,9 +204,18 @@ def test_tiles_are_cut_at_full_resolution_from_the_right_places(tmp_path):
     assert (photo.grid.width, photo.grid.height) == (500, 300)
     assert owners == [(0, i) for i in range(photo.grid.count)] and photo.grid.count == 6
     for number, (left, top, right, bottom) in enumerate(photo.grid.boxes()):
-        expected = np.asarray(square_rgb(Image.fromarray(pixels[top:bottom, left:right]), 32))
+        expected = np.asarray(patch_rgb(Image.fromarray(pixels[top:bottom, left:right]), 32))
         np.testing.assert_array_equal(tiles[number], expected)
     assert photo.picture.shape == (60, 100, 3)  # the overlay copy: longest side 100, aspect kept
+
+
+@pytest.mark.parametrize("size", [32, 96, 224])
+def test_a_tile_gets_the_pixels_its_patch_gets_as_a_training_file(sample, size):
+    """A mosaic tile holding a sample JPEG patch is close to load_rgb of that file (the JPEG draft path)."""
+    patch = sorted((sample / "Positive").glob("*.jpg"))[0]
+    with Image.open(patch) as im:
+        tile = np.asarray(patch_rgb(im.convert("RGB"), size)).astype(int)
+    assert np.abs(tile - load_rgb(patch, size).astype(int)).mean() < 0.5
 
 
 def test_exif_rotated_photo_is_scanned_upright(tmp_path):

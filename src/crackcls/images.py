@@ -186,6 +186,20 @@ def square_rgb(im: Image.Image, size: int) -> Image.Image:
     return resized_rgb(im, size, size)
 
 
+def patch_rgb(im: Image.Image, size: int) -> Image.Image:
+    """A decoded patch as :func:`load_rgb` makes it from a JPEG file: box-reduced by the power of two
+    (at most 8) its DCT-scaled draft would use, then squashed to size x size RGB.
+
+    For a scan tile cut from a photo in memory, so its pixels follow the same steps as the
+    JPEG training patches (and the resize does a third of the work).
+    """
+    factor = min(im.width // size, im.height // size, 8)
+    factor = 1 << (factor.bit_length() - 1) if factor >= 1 else 1
+    if factor > 1 and im.mode in ("L", "RGB"):
+        im = im.reduce(factor)
+    return square_rgb(im, size)
+
+
 @contextmanager
 def decoded(path: str | os.PathLike[str], draft_size: int | None = None) -> Iterator[Image.Image]:
     """``path`` decoded and turned upright (EXIF orientation), checked as :func:`load_rgb` checks it.

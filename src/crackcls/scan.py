@@ -5,8 +5,8 @@ A photo is never shrunk as a whole. It is cut into ``tile`` x ``tile`` source-pi
 photo is not a multiple of the stride, the last tile of a row or column is shifted back to
 end at the photo's edge, so every pixel is scanned and no tile leaves the photo. A side
 shorter than a tile gets one tile spanning it (a photo smaller than a tile is one tile).
-Each tile is resized to the model's input exactly as a training patch is
-(:func:`crackcls.images.square_rgb`).
+Each tile is resized to the model's input along the steps a JPEG training patch takes
+(:func:`crackcls.images.patch_rgb`: the DCT draft's power-of-two reduction, then bicubic).
 
 The rule, in one place (:func:`aggregate`): a tile is a crack tile when its probability is
 at least the threshold; a photo is ``crack`` when it holds at least ``min_crack_tiles``
@@ -34,7 +34,7 @@ import numpy as np
 
 from crackcls import heatmap
 from crackcls.errors import CrackclsError
-from crackcls.images import SkipReport, UnreadableImage, decoded, resized_rgb, square_rgb
+from crackcls.images import SkipReport, UnreadableImage, decoded, patch_rgb, resized_rgb
 
 Box = tuple[int, int, int, int]  # left, top, right, bottom; right and bottom exclusive
 
@@ -322,7 +322,7 @@ def tile_stream(
                 picture = downscaled(im, overlay_size) if overlay_size else None
                 yield _Photo(index, Path(path), grid, picture)
                 for number, box in enumerate(grid.boxes()):
-                    tiles.append(np.asarray(square_rgb(im.crop(box), size)))
+                    tiles.append(np.asarray(patch_rgb(im.crop(box), size)))
                     owners.append((index, number))
                     if len(tiles) == batch_size:
                         yield _Batch(owners, np.stack(tiles))
