@@ -171,7 +171,8 @@ def labelled_folder(folder: Path) -> list[Item]:
     return items
 
 
-def _csv(rows: list[dict], columns: list[str]) -> str:
+def csv_text(rows: list[dict], columns: list[str]) -> str:
+    """Rows as CSV text with a header line."""
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
     writer.writeheader()
@@ -204,12 +205,12 @@ def write_reports(result: Evaluation, out_dir: Path, extra: dict | None = None) 
         }
         for p, t, y, prob in zip(result.paths, result.y_true, y_pred, result.y_prob)
     ]
-    atomic.write_text(out["predictions"], _csv(predictions, ["path", "actual", "predicted", "crack_probability"]))
+    atomic.write_text(out["predictions"], csv_text(predictions, ["path", "actual", "predicted", "crack_probability"]))
     both = len(np.unique(result.y_true)) == 2
     roc = roc_points(result.y_true, result.y_prob) if both else []
     pr = pr_points(result.y_true, result.y_prob) if both else []
-    atomic.write_text(out["roc"], _csv(roc, ["fpr", "tpr", "threshold"]))
-    atomic.write_text(out["pr"], _csv(pr, ["recall", "precision", "threshold"]))
+    atomic.write_text(out["roc"], csv_text(roc, ["fpr", "tpr", "threshold"]))
+    atomic.write_text(out["pr"], csv_text(pr, ["recall", "precision", "threshold"]))
     plots.confusion_matrix(result.y_true, y_pred, out["confusion_png"])
     if both:
         plots.roc_and_pr(result.y_true, result.y_prob, out["curves_png"])

@@ -96,6 +96,14 @@ def champion_spec(config: Config) -> str:
     return f"models:/{name}@{CHAMPION}"
 
 
+def checked_batch_size(config: Config, batch_size: int | None) -> int:
+    """``--batch-size``, else params ``evaluate.batch_size``; at least 1."""
+    batch_size = batch_size or config.evaluate.batch_size
+    if batch_size < 1:
+        raise CrackclsError(f"--batch-size must be at least 1, got {batch_size}")
+    return batch_size
+
+
 def run(
     inputs: Sequence[str],
     model_spec: str | None = None,
@@ -107,9 +115,7 @@ def run(
     threshold = config.evaluate.threshold if threshold is None else threshold
     if not 0.0 <= threshold <= 1.0:
         raise CrackclsError(f"--threshold must be between 0 and 1, got {threshold:g}")
-    batch_size = batch_size or config.evaluate.batch_size
-    if batch_size < 1:
-        raise CrackclsError(f"--batch-size must be at least 1, got {batch_size}")
+    batch_size = checked_batch_size(config, batch_size)
     files = expand_inputs(inputs)
     spec = model_spec or champion_spec(config)
     model, _ = load_model(spec)

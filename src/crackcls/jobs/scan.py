@@ -6,8 +6,6 @@ counted with their reasons. The tiling and the verdict rule are :mod:`crackcls.s
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import os
 import sys
@@ -18,10 +16,10 @@ from pathlib import Path
 from crackcls import atomic
 from crackcls.config import Config
 from crackcls.errors import CrackclsError
-from crackcls.evaluation import CRACK, load_model
+from crackcls.evaluation import CRACK, csv_text, load_model
 from crackcls.heatmap import save_png
 from crackcls.images import SkipReport
-from crackcls.jobs.predict import _config, champion_spec, expand_inputs, output_format, overlay_names
+from crackcls.jobs.predict import _config, champion_spec, checked_batch_size, expand_inputs, output_format, overlay_names
 from crackcls.scan import PhotoScan, ScanSettings, overlay_image, scan_files
 
 COLUMNS = ("path", "verdict", "crack_tiles", "tiles", "crack_fraction", "max_probability", "regions", "threshold")
@@ -82,9 +80,7 @@ def run(
 ) -> ScanResult:
     config = _config()
     settings = settings_from(config, tile, stride, threshold)
-    batch_size = batch_size or config.evaluate.batch_size
-    if batch_size < 1:
-        raise CrackclsError(f"--batch-size must be at least 1, got {batch_size}")
+    batch_size = checked_batch_size(config, batch_size)
     files = expand_inputs(inputs)
     spec = model_spec or champion_spec(config)
     model, _ = load_model(spec)
@@ -113,7 +109,7 @@ def render(result: ScanResult, fmt: str) -> str:
         return json.dumps([scan.row() for scan in result.scans], indent=2) + "\n"
     rows = [{key: scan.row()[key] for key in columns} for scan in result.scans]
     if fmt == "csv":
-        return _csv([{**row, "regions": json.dumps(row["regions"])} for row in rows], columns)
+        return csv_text([{**row, "regions": json.dumps(row["regions"])} for row in rows], columns)
     if fmt == "table":
         return _table([{**row, "regions": regions_text(row["regions"])} for row in rows], columns)
     raise CrackclsError(f"unknown format '{fmt}'; use table, json or csv")
@@ -124,15 +120,7 @@ def render_tiles(result: ScanResult, fmt: str) -> str:
     rows = [row for scan in result.scans for row in scan.tile_rows()]
     if fmt == "json":
         return json.dumps(rows, indent=2) + "\n"
-    return _csv(rows, list(TILE_COLUMNS))
-
-
-def _csv(rows: list[dict], columns: list[str]) -> str:
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(rows)
-    return buffer.getvalue()
+    return csv_text(rows, list(TILE_COLUMNS))
 
 
 def _table(rows: list[dict], columns: list[str]) -> str:
