@@ -123,6 +123,18 @@ def test_stride_larger_than_the_tile_is_refused():
         ScanSettings(tile=227, stride=300)
 
 
+def test_command_line_settings_override_params():
+    from crackcls.config import parse_config
+    from crackcls.jobs.scan import settings_from
+
+    config = parse_config({"scan": {"tile": 227, "stride": 150, "min_crack_tiles": 2, "connectivity": 4}, "evaluate": {"threshold": 0.7}})
+    assert settings_from(config) == ScanSettings(tile=227, stride=150, threshold=0.7, min_crack_tiles=2, connectivity=4)
+    assert settings_from(config, tile=100).stride is None  # the configured stride does not fit a 100 px tile
+    assert settings_from(config, tile=300, stride=120, threshold=0.4).step == 120
+    with pytest.raises(CrackclsError, match="stride"):
+        settings_from(config, tile=100, stride=300)
+
+
 # ---------------------------------------------------------------- aggregation (pure)
 def test_connected_crack_tiles_merge_into_boxes_in_photo_pixels():
     grid = tile_grid(5 * 100, 4 * 100, 100)

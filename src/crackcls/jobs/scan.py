@@ -37,9 +37,8 @@ class ScanResult:
 def settings_from(config: Config, tile: int | None = None, stride: int | None = None, threshold: float | None = None) -> ScanSettings:
     """params.yaml's ``scan`` section (and ``evaluate.threshold``), with the command line's overrides."""
     tile = tile or config.scan.tile
-    stride = stride if stride is not None else config.scan.stride
-    if stride is not None and tile != config.scan.tile and stride > tile:
-        stride = None  # a configured stride for another tile size
+    if stride is None and config.scan.stride is not None and config.scan.stride <= tile:
+        stride = config.scan.stride  # a configured stride too long for a --tile given here is left out
     return ScanSettings(
         tile=tile,
         stride=stride,
