@@ -371,19 +371,22 @@ def part_scan_speed(backbone: str, size: int, sample: Path, work: Path, photos: 
     files = [photo_12mp(sample, work / f"photo{i}.jpg", seed=i) for i in range(photos)]
     settings = ScanSettings()
     list(scan_files(model, files[:1], settings, batch, SkipReport()))  # warm-up: tracing, thread start
-    started = time.perf_counter()
-    scans = [scan for scan, _ in scan_files(model, files, settings, batch, SkipReport())]
-    scan_s = time.perf_counter() - started
-    tiles = sum(scan.tiles for scan in scans)
-
+    tiles = sum(scan.tiles for scan, _ in scan_files(model, files[:1], settings, batch, SkipReport())) * photos
     forward = forward_pass(model)
     tensors = [tf.constant(np.random.default_rng(0).integers(0, 256, (batch, size, size, 3)).astype(np.float32))
                for _ in range(-(-tiles // batch))]  # fmt: skip
     forward(tensors[0]).numpy()
-    started = time.perf_counter()
-    for chunk in tensors:
-        forward(chunk).numpy()
-    raw_s = (time.perf_counter() - started) * tiles / (len(tensors) * batch)
+    # Alternating rounds, best of each: the machine's other load then hits both alike.
+    scan_times, raw_times = [], []
+    for _ in range(2):
+        started = time.perf_counter()
+        for chunk in tensors:
+            forward(chunk).numpy()
+        raw_times.append((time.perf_counter() - started) * tiles / (len(tensors) * batch))
+        started = time.perf_counter()
+        assert sum(scan.tiles for scan, _ in scan_files(model, files, settings, batch, SkipReport())) == tiles
+        scan_times.append(time.perf_counter() - started)
+    scan_s, raw_s = min(scan_times), min(raw_times)
     return {
         "backbone": backbone, "size": size, "photos": photos, "tiles": tiles, "batch": batch,
         "scan_tiles_s": round(tiles / scan_s, 1), "raw_forward_tiles_s": round(tiles / raw_s, 1),
@@ -458,7 +461,7 @@ def scan_rows(scan: dict) -> list[str]:
     rows = []
     for s in scan.get("speed", []):
         rows.append(
-            f"| f. Scan, 12 MP JPEGs ({s['backbone']}, {s['size']} px, batch {s['batch']}) | {s['scan_tiles_s']} tiles/s vs raw forward "
+            f"| f. Scan, {s['photos']} 12 MP JPEGs ({s['backbone']}, {s['size']} px, batch {s['batch']}) | {s['scan_tiles_s']} tiles/s vs raw forward "
             f"{s['raw_forward_tiles_s']} tiles/s: **{s['ratio']:.2f}**; **{s['s_per_photo']} s** per 4032×3024 photo "
             f"({s['tiles'] // s['photos']} tiles) | ≥ 0.9; ≤ 3 s (compact) |"
         )

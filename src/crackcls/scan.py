@@ -19,7 +19,8 @@ orientation; left and top inclusive, right and bottom exclusive).
 Memory: a photo is decoded once, in full (3 bytes per pixel: 300 MB for 100 MP, at most
 450 MB under :data:`crackcls.images.MAX_PIXELS`; Pillow decodes JPEG and PNG whole), then
 tiles are cut from it and resized one at a time while a background thread keeps at most
-:data:`PREFETCH` batches ahead of the model. Nothing else grows with the photo.
+:data:`PREFETCH` batches ahead of the model. Nothing else grows with the photo (but
+turning an EXIF-rotated photo upright briefly holds a second copy).
 """
 
 from __future__ import annotations
