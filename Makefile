@@ -18,10 +18,17 @@ DEMO_PARAMS := -S data.source=sample -S model.backbone=compact_cnn -S model.weig
 IN     ?=
 SCAN   ?=
 
-.PHONY: help install test test-fast repro demo evaluate promote predict scan serve bench ui
+# The team tracking server (make server): runs and registry, artifact store, users and permissions.
+BACKEND   ?= sqlite:///$(CURDIR)/mlflow.db
+ARTIFACTS ?= $(CURDIR)/mlartifacts
+AUTH_DB   ?= sqlite:///$(CURDIR)/basic_auth.db
+HOST      ?= 127.0.0.1
+WORKERS   ?= 4
+
+.PHONY: help install test test-fast repro demo evaluate promote predict scan serve server bench ui
 
 help:
-	@echo "make install     create $(VENV) and install crackcls with pinned dependencies"
+	@echo "make install     create $(VENV) and install crackcls with pinned dependencies (GPU=1: CUDA libraries too)"
 	@echo "make test        run the test suite"
 	@echo "make repro       run the DVC pipeline (dvc repro) on the full Mendeley set"
 	@echo "make demo        run the pipeline offline on the bundled sample, then promote"
@@ -30,6 +37,7 @@ help:
 	@echo "make predict     classify IN=<files|folders|globs> with MODEL (default: the registry champion)"
 	@echo "make scan        scan whole photos IN=<files|folders|globs> tile by tile; overlays in reports/scan/"
 	@echo "make serve       serve models:/crackcls@champion over HTTP on 127.0.0.1:$(SERVE_PORT)"
+	@echo "make server      team MLflow server with logins on $(HOST):$(PORT) (BACKEND=, ARTIFACTS=, AUTH_DB=)"
 	@echo "make bench       training / prediction / split / memory benchmark (see README)"
 	@echo "make ui          MLflow UI on http://127.0.0.1:$(PORT)"
 
@@ -37,8 +45,13 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 
+# GPU=1 adds TensorFlow's CUDA libraries (Linux, NVIDIA driver installed).
+GPU    ?=
+comma  := ,
+EXTRAS := dev,server$(if $(GPU),$(comma)gpu)
+
 install: $(BIN)/python
-	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[dev]"
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[$(EXTRAS)]"
 	@$(BIN)/crackcls --help >/dev/null && echo "installed: $(BIN)/crackcls"
 
 test:
@@ -69,6 +82,10 @@ scan:
 serve:
 	MLFLOW_TRACKING_URI="$(TRACKING_URI)" mlflow models serve -m "models:/crackcls@champion" \
 	  --env-manager local --host 127.0.0.1 --port $(SERVE_PORT)
+
+server:
+	python -m crackcls.teamserver --backend "$(BACKEND)" --artifacts "$(ARTIFACTS)" --auth-db "$(AUTH_DB)" \
+	  --host $(HOST) --port $(PORT) --workers $(WORKERS)
 
 bench:
 	$(BIN)/python bench/run.py

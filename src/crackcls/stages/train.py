@@ -31,7 +31,7 @@ import numpy as np
 import tensorflow as tf
 from mlflow.models import infer_signature
 
-from crackcls import atomic, features, manifest, paths, plots, runtime, serving, tracking
+from crackcls import atomic, distributed, features, manifest, paths, plots, runtime, serving, tracking
 from crackcls.config import Config, load_config
 from crackcls.data import manifest_dataset
 from crackcls.errors import CrackclsError, user_errors_exit
@@ -205,7 +205,9 @@ def _requirements() -> list[str]:
 
 
 def run(config: Config, workspace: Path) -> dict:
-    """Train under the strategy the machine calls for (several GPUs: MirroredStrategy)."""
+    """Train under the strategy the machine calls for (several GPUs: MirroredStrategy; TF_CONFIG: several workers)."""
+    if distributed.multi_worker():
+        return distributed.train(config, workspace)
     runtime.configure_precision()
     tf.config.experimental.enable_op_determinism()
     with runtime.strategy().scope():
@@ -287,6 +289,8 @@ def _train_and_track(config: Config, workspace: Path) -> dict:
 @user_errors_exit
 def main() -> None:
     info = run(load_config(), paths.workspace_root())
+    if "run_id" not in info:
+        return  # a worker of a multi-worker run: the chief logs, writes and reports
     print(
         f"train: run {info['run_id']}, {info['epochs_trained']} epochs in {info['training_time_s']} s; "
         f"registered {info['registered_model']} v{info['registered_model_version']} as @{CHALLENGER}"

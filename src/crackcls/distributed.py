@@ -1,0 +1,288 @@
+"""Training across processes and machines: ``MultiWorkerMirroredStrategy`` configured by ``TF_CONFIG``.
+
+Every worker runs the same ``train`` stage with its own ``TF_CONFIG``; they train in
+sync (gradients all-reduced each step) and so end with identical weights. Only the
+chief (task ``chief``, or ``worker`` 0 when there is none) writes the stage's outputs
+and logs to MLflow; the others write nothing.
+
+Keras 3's ``model.fit`` fails under this strategy (a ``PerReplica`` conversion error,
+keras-team/keras#20585), so training here is a plain synchronous loop: ``strategy.run``
+over a distributed dataset, the loss averaged over the global batch. Each worker reads
+its own shard of the training files. All workers run the same number of steps (their
+datasets repeat), and early stopping decides on all-reduced validation sums, so no
+worker can wait forever on a collective that another has left.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from types import SimpleNamespace
+
+import keras
+import mlflow
+import numpy as np
+import tensorflow as tf
+
+from crackcls import atomic, features, manifest, paths, plots, runtime, tracking
+from crackcls.config import Config
+from crackcls.data import image_dataset
+from crackcls.errors import CrackclsError
+from crackcls.model import build_model, load_model_file, unfreeze_top
+from crackcls.splitting import Item
+
+TF_CONFIG = "TF_CONFIG"
+TASK_TYPES = ("chief", "worker")
+
+
+@dataclass(frozen=True)
+class Task:
+    type: str
+    index: int
+    workers: int  # chief + workers in the cluster
+
+    @property
+    def is_chief(self) -> bool:
+        return self.type == "chief" or (self.type == "worker" and self.index == 0 and not self._has_chief)
+
+    _has_chief: bool = False
+
+
+def task(environ: dict[str, str] | None = None) -> Task | None:
+    """This process's place in the cluster ``TF_CONFIG`` describes; None without one."""
+    raw = (environ if environ is not None else os.environ).get(TF_CONFIG, "").strip()
+    if not raw:
+        return None
+    try:
+        spec = json.loads(raw)
+        cluster, me = spec["cluster"], spec["task"]
+        sizes = {kind: len(cluster.get(kind, [])) for kind in TASK_TYPES}
+        kind, index = str(me["type"]), int(me["index"])
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise CrackclsError(f"{TF_CONFIG} is not a valid cluster spec ({exc}); see the README, 'Scaling out'") from None
+    if kind not in TASK_TYPES or not 0 <= index < sizes[kind]:
+        raise CrackclsError(f"{TF_CONFIG}: task {kind}:{index} is not one of the cluster's chief/worker tasks")
+    return Task(kind, index, sum(sizes.values()), _has_chief=sizes["chief"] > 0)
+
+
+def multi_worker(environ: dict[str, str] | None = None) -> bool:
+    """Whether ``TF_CONFIG`` puts this process in a cluster of more than one training task."""
+    me = task(environ)
+    return me is not None and me.workers > 1
+
+
+def _shard(items: Sequence[Item], context: tf.distribute.InputContext) -> list[Item]:
+    return list(items[context.input_pipeline_id :: context.num_input_pipelines])
+
+
+def _distributed_batches(
+    strategy: tf.distribute.Strategy, items: Sequence[Item], size: int, global_batch: int, seed: int | None, base: Path
+) -> Iterator:
+    """Endless per-replica batches: each input pipeline decodes only its own shard of the files."""
+
+    def dataset_fn(context: tf.distribute.InputContext) -> tf.data.Dataset:
+        shard = _shard(items, context)
+        batch = context.get_per_replica_batch_size(global_batch)
+        shard_seed = None if seed is None else seed + context.input_pipeline_id
+        ds = image_dataset([it.path for it in shard], [it.label for it in shard], size, batch, shuffle_seed=shard_seed, base=base)
+        return ds.repeat()
+
+    return iter(strategy.distribute_datasets_from_function(dataset_fn))
+
+
+class SyncLoop:
+    """One optimiser and the compiled train / validation steps of a model under a strategy."""
+
+    def __init__(self, strategy: tf.distribute.Strategy, model: keras.Model, learning_rate: float, global_batch: int):
+        self.strategy, self.model, self.global_batch = strategy, model, global_batch
+        with strategy.scope():
+            self.optimizer = keras.optimizers.Adam(learning_rate)
+        self.train_step = tf.function(self._train_step)
+        self.val_step = tf.function(self._val_step)
+
+    def _sums(self, labels: tf.Tensor, probs: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor, tf.Tensor]:
+        per_example = keras.losses.binary_crossentropy(labels[:, None], probs)
+        correct = tf.cast(tf.equal(tf.cast(probs[:, 0] >= 0.5, tf.float32), labels), tf.float32)
+        return per_example, tf.reduce_sum(per_example), tf.reduce_sum(correct), tf.cast(tf.size(labels), tf.float32)
+
+    def _train_step(self, iterator: Iterator) -> list[tf.Tensor]:
+        def step(images: tf.Tensor, labels: tf.Tensor):
+            with tf.GradientTape() as tape:
+                probs = self.model(images, training=True)
+                per_example, loss_sum, correct, count = self._sums(labels, probs)
+                loss = tf.nn.compute_average_loss(per_example, global_batch_size=self.global_batch)
+            variables = self.model.trainable_variables
+            self.optimizer.apply_gradients(zip(tape.gradient(loss, variables), variables))
+            return loss_sum, correct, count
+
+        images, labels = next(iterator)
+        sums = self.strategy.run(step, args=(images, labels))
+        return [self.strategy.reduce(tf.distribute.ReduceOp.SUM, s, axis=None) for s in sums]
+
+    def _val_step(self, iterator: Iterator) -> list[tf.Tensor]:
+        def step(images: tf.Tensor, labels: tf.Tensor):
+            return self._sums(labels, self.model(images, training=False))[1:]
+
+        images, labels = next(iterator)
+        sums = self.strategy.run(step, args=(images, labels))
+        return [self.strategy.reduce(tf.distribute.ReduceOp.SUM, s, axis=None) for s in sums]
+
+    def epoch(self, step, iterator: Iterator, steps: int) -> tuple[float, float]:
+        totals = np.zeros(3)
+        for _ in range(steps):
+            totals += np.array([float(v) for v in step(iterator)])
+        loss_sum, correct, count = totals
+        return loss_sum / max(count, 1.0), correct / max(count, 1.0)
+
+
+def _fit(
+    loop: SyncLoop, train: tuple[Iterator, int], val: tuple[Iterator, int] | None, epochs: int, patience: int,
+    first_epoch: int, log_epoch,
+) -> tuple[dict[str, list[float]], int]:  # fmt: skip
+    """Epochs of synchronous steps with early stopping (restoring the best weights); history and steps run."""
+    history: dict[str, list[float]] = {}
+    best, best_weights, waited, steps = math.inf, None, 0, 0
+    for epoch in range(first_epoch, first_epoch + epochs):
+        logs = dict(zip(("loss", "accuracy"), loop.epoch(loop.train_step, *train)))
+        steps += train[1]
+        if val is not None:
+            logs.update(zip(("val_loss", "val_accuracy"), loop.epoch(loop.val_step, *val)))
+        for key, value in logs.items():
+            history.setdefault(key, []).append(value)
+        log_epoch(epoch + 1, logs)
+        monitored = logs["val_loss" if val is not None else "loss"]  # identical on every worker: all-reduced
+        if monitored < best:
+            best, best_weights, waited = monitored, loop.model.get_weights(), 0
+        else:
+            waited += 1
+            if waited > patience:
+                break
+    if best_weights is not None:
+        loop.model.set_weights(best_weights)
+    return history, steps
+
+
+def _barrier(strategy: tf.distribute.Strategy) -> None:
+    """Every worker waits here until the chief has written its outputs, so that all stop together.
+
+    A worker that simply exited would stop sending heartbeats while the chief still runs,
+    and TensorFlow's coordination service then reports it as crashed.
+    """
+    strategy.reduce(tf.distribute.ReduceOp.SUM, strategy.run(lambda: tf.constant(1.0)), axis=None)
+
+
+def _steps(n_items: int, global_batch: int) -> int:
+    return max(1, math.ceil(n_items / global_batch))
+
+
+def train(config: Config, workspace: Path) -> dict:
+    """Train on images in sync with the cluster's other workers; the chief writes and logs the result."""
+    me = task()
+    assert me is not None, "train() needs TF_CONFIG"
+    strategy = tf.distribute.MultiWorkerMirroredStrategy()  # first: collectives must be set up before other TF work
+    runtime.configure_precision()
+    replicas = strategy.num_replicas_in_sync
+    global_batch = config.train.batch_size * replicas
+    split_dir = workspace / paths.SPLIT_DIR
+    train_items = manifest.read(manifest.manifest_path("train", split_dir))
+    val_items = manifest.read(manifest.manifest_path("val", split_dir))
+    if len(train_items) < me.workers:
+        raise CrackclsError(f"{len(train_items)} training images cannot be shared among {me.workers} workers")
+    if val_items and len(val_items) < me.workers:
+        val_items = []  # too few to shard: early stopping watches the training loss, as with data.split.val: 0
+    size, seed = config.model.image_size, config.train.seed
+
+    keras.utils.set_random_seed(seed)  # the same initial weights on every worker
+    with strategy.scope():
+        crack = build_model(config.model, config.train)
+    weights_file = features.cache_dir(workspace) / features.BACKBONE_WEIGHTS_FILE
+    if not weights_file.is_file():
+        raise CrackclsError(f"{weights_file} missing; run `dvc repro features` first")
+    crack.backbone.load_weights(str(weights_file))  # what single-process training starts from
+
+    train_batches = (_distributed_batches(strategy, train_items, size, global_batch, seed, workspace), _steps(len(train_items), global_batch))
+    val_batches = (_distributed_batches(strategy, val_items, size, global_batch, None, workspace), _steps(len(val_items), global_batch)) if val_items else None  # fmt: skip
+
+    def log_epoch(epoch: int, logs: dict[str, float]) -> None:
+        print(f"distributed: {me.type} {me.index} epoch {epoch}: " + ", ".join(f"{k} {v:.4f}" for k, v in logs.items()), flush=True)
+        if me.is_chief:
+            mlflow.log_metrics(logs, step=epoch)
+
+    def fit_phases() -> tuple[list[tuple[str, dict]], int]:
+        phases, steps = [], 0
+        loop = SyncLoop(strategy, crack.model, config.train.learning_rate, global_batch)
+        history, ran = _fit(loop, train_batches, val_batches, config.train.epochs, config.train.patience, 0, log_epoch)
+        phases.append(("frozen", history))
+        steps += ran
+        if config.model.fine_tune_layers > 0 and config.train.fine_tune_epochs > 0:
+            with strategy.scope():
+                unfreeze_top(crack.backbone, config.model.fine_tune_layers)
+            loop = SyncLoop(strategy, crack.model, config.train.fine_tune_learning_rate, global_batch)
+            first = len(history["loss"])
+            history, ran = _fit(loop, train_batches, val_batches, config.train.fine_tune_epochs, config.train.patience, first, log_epoch)
+            phases.append(("fine_tune", history))
+            steps += ran
+        return phases, steps
+
+    started = time.perf_counter()
+    if not me.is_chief:
+        phases, steps = fit_phases()
+        seconds = time.perf_counter() - started
+        print(f"distributed: {me.type} {me.index} of {me.workers} done: {steps} steps in {seconds:.1f} s; the chief writes the outputs", flush=True)
+        _barrier(strategy)
+        return {"task": f"{me.type}:{me.index}", "workers": me.workers, "steps": steps, "training_time_s": round(seconds, 2)}
+
+    tracking.configure(config.mlflow.experiment)
+    with mlflow.start_run(run_name=f"{config.model.backbone}-{config.model.image_size}px-{me.workers}workers") as active:
+        mlflow.set_tags({**tracking.git_tags(workspace), "stage": "train", "runtime.strategy": "MultiWorkerMirroredStrategy",
+                         "runtime.workers": str(me.workers), "runtime.replicas": str(replicas)})  # fmt: skip
+        mlflow.log_params(tracking.flatten("", config.model_dump(mode="json")))
+        phases, steps = fit_phases()
+        seconds = time.perf_counter() - started
+        print(f"distributed: {me.type} {me.index} of {me.workers} done: {steps} steps in {seconds:.1f} s", flush=True)
+        info = _write_outputs(crack.model, config, workspace, phases, seconds, active.info)
+    _barrier(strategy)
+    return {**info, "task": f"{me.type}:{me.index}", "workers": me.workers, "steps": steps}
+
+
+def _write_outputs(
+    model: keras.Model, config: Config, workspace: Path, phases: list[tuple[str, dict]], seconds: float, run: mlflow.entities.RunInfo
+) -> dict:
+    """The train stage's outputs and MLflow artifacts, as single-process training writes them."""
+    from crackcls.stages import train as stage
+
+    history: dict[str, list] = {"phase": []}
+    for phase, values in phases:
+        history["phase"].extend([phase] * len(values["loss"]))
+        for key, series in values.items():
+            history.setdefault(key, []).extend(series)
+    epochs = len(history["loss"])
+    mlflow.log_metrics({"training_time_s": seconds, "epochs_trained": epochs})
+    model_file = workspace / paths.MODEL_FILE
+    with atomic.atomic_path(model_file, suffix=".keras") as tmp:
+        model.save(tmp)
+    atomic.write_text(workspace / stage.HISTORY_FILE, stage._history_csv(history))
+    first_phase = len(phases[0][1]["loss"])
+    plots.training_curves(history, workspace / stage.CURVES_FILE, phase_start=first_phase if len(phases) > 1 else None)
+    mlflow.log_artifact(str(workspace / stage.CURVES_FILE), artifact_path="plots")
+    mlflow.log_artifact(str(workspace / stage.HISTORY_FILE), artifact_path="plots")
+    # Logged from the saved file: a plain copy outside the strategy, which MLflow's signature inference can call.
+    registered = stage.log_and_register(SimpleNamespace(model=load_model_file(model_file)), config, model_file)
+    info = {
+        "run_id": run.run_id,
+        "experiment_id": run.experiment_id,
+        "tracking_uri": tracking.tracking_uri(),
+        "registered_model": config.registry.model_name,
+        **registered,
+        "training_time_s": round(seconds, 2),
+        "epochs_trained": epochs,
+    }
+    atomic.write_json(workspace / paths.RUN_INFO_FILE, info)
+    print(f"distributed: wrote {model_file} and registered version {registered['registered_model_version']}", file=sys.stderr, flush=True)
+    return info
