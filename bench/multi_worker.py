@@ -3,10 +3,10 @@
     python bench/multi_worker.py                     # bundled sample, 2 workers on this machine
     python bench/multi_worker.py --data DIR --per-class 200 --size 96 --epochs 3
 
-Three runs of the ``train`` stage on the same prepared project (fetch, split and
-features run once), early stopping off:
+Three runs of the ``train`` stage from scratch (``weights: none``) on the same prepared
+project (fetch, split and features run once), early stopping off:
 
-- ``fit``: one process, no TF_CONFIG: Keras ``model.fit`` on images (``train.feature_cache: false``);
+- ``fit``: one process, no TF_CONFIG: the single-process ``train`` stage (Keras ``model.fit``);
 - ``loop x1``: the synchronous multi-worker loop with a one-worker cluster (its own overhead);
 - ``loop xN``: N worker processes on 127.0.0.1, each with its own TF_CONFIG.
 
@@ -37,7 +37,7 @@ DONE = re.compile(r"done: (\d+) steps in ([\d.]+) s")
 ONE_WORKER_LOOP = "from crackcls import distributed; from crackcls.config import load_config; import pathlib; distributed.train(load_config(), pathlib.Path.cwd())"
 
 
-def prepare(root: Path, data: Path, per_class: int, size: int, epochs: int, batch: int) -> Path:
+def prepare(root: Path, data: Path, backbone: str, per_class: int, size: int, epochs: int, batch: int) -> Path:
     project = root / "project"
     for label in ("Positive", "Negative"):
         (project / "data_in" / label).mkdir(parents=True)
@@ -46,8 +46,8 @@ def prepare(root: Path, data: Path, per_class: int, size: int, epochs: int, batc
     params = yaml.safe_load((REPO_ROOT / "params.yaml").read_text())
     params["data"].update({"source": "data_in"})
     params["data"]["download"]["mirror_url"] = None
-    params["model"].update({"weights": "none", "image_size": size})
-    params["train"].update({"epochs": epochs, "patience": epochs, "batch_size": batch, "feature_cache": False})
+    params["model"].update({"backbone": backbone, "weights": "none", "image_size": size})
+    params["train"].update({"epochs": epochs, "patience": epochs, "batch_size": batch})
     params["mlflow"] = {"experiment": "bench-multi-worker"}
     (project / "params.yaml").write_text(yaml.safe_dump(params))
     code = "from crackcls.config import load_config; from crackcls.stages import fetch, split, features; import pathlib; c = load_config(); p = pathlib.Path.cwd(); [s.run(c, p) for s in (fetch, split, features)]"
@@ -95,6 +95,7 @@ def run_fit(project: Path) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, default=REPO_ROOT / "sample")
+    parser.add_argument("--backbone", default="compact_cnn", help="trained from scratch (weights: none)")
     parser.add_argument("--per-class", type=int, default=100)
     parser.add_argument("--size", type=int, default=64)
     parser.add_argument("--epochs", type=int, default=3)
@@ -104,13 +105,13 @@ def main() -> None:
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory(prefix="crackcls-mw-") as tmp:
-        project = prepare(Path(tmp), args.data, args.per_class, args.size, args.epochs, args.batch)
+        project = prepare(Path(tmp), args.data, args.backbone, args.per_class, args.size, args.epochs, args.batch)
         results = {
             "fit": run_fit(project),
             "loop x1": run_workers(project, 1, [sys.executable, "-c", ONE_WORKER_LOOP]),
             f"loop x{args.workers}": run_workers(project, args.workers, [sys.executable, "-m", "crackcls.stages.train"]),
         }
-    setup = {"images": 2 * args.per_class, "size": args.size, "epochs": args.epochs, "batch_per_worker": args.batch,
+    setup = {"backbone": args.backbone, "images": 2 * args.per_class, "size": args.size, "epochs": args.epochs, "batch_per_worker": args.batch,
              "cpus": os.cpu_count(), "machine": platform.machine(), "python": platform.python_version()}  # fmt: skip
     print(f"setup: {setup}")
     print(f"{'run':<10} {'workers':>7} {'train s':>8} {'wall s':>7}")

@@ -22,7 +22,7 @@ pytestmark = pytest.mark.e2e
 
 TINY = {
     "data": {"source": "sample", "max_per_class": 20},
-    "model": {"backbone": "mobilenet_v2", "weights": "none", "image_size": 48},
+    "model": {"backbone": "compact_cnn", "weights": "none", "image_size": 48},
     "train": {"epochs": 2, "patience": 1, "batch_size": 16},
 }
 PULLED = ("data/raw", "data/field", "data/split", "data/features", "models/model.keras", "reports/predictions.csv")

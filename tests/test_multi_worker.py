@@ -27,8 +27,8 @@ WORKERS = 2
 TIMEOUT_S = 420
 PARAMS = {
     "data": {"source": "sample", "download": {"mirror_url": None}},
-    "model": {"backbone": "mobilenet_v2", "weights": "none", "image_size": 48},
-    "train": {"epochs": 3, "patience": 3, "batch_size": 8, "feature_cache": False},
+    "model": {"backbone": "compact_cnn", "weights": "none", "image_size": 48},
+    "train": {"epochs": 3, "patience": 3, "batch_size": 8},
     "mlflow": {"experiment": "tests"},
 }
 DONE = re.compile(r"distributed: worker (\d) of (\d) done: (\d+) steps")

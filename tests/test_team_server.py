@@ -25,6 +25,7 @@ import requests
 from conftest import (
     BIN_DIR,
     REPO_ROOT,
+    TINY_PARAMS,
     build_tiny_project,
     free_port,
     local_server,
@@ -192,7 +193,7 @@ def test_registered_version_aliases_promote_predict(team, promoted, monkeypatch)
     version = client.get_model_version_by_alias(MODEL, "challenger")
     assert str(version.version) == team.train_info["registered_model_version"] == "1"
     assert version.run_id == team.train_info["run_id"]
-    assert version.tags["backbone"] == "mobilenet_v2"
+    assert version.tags["backbone"] == TINY_PARAMS["model"]["backbone"]
 
     assert "PROMOTED" in promoted, promoted
     aliases = client.get_registered_model(MODEL).aliases

@@ -23,7 +23,6 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from types import SimpleNamespace
 
 import keras
 import mlflow
@@ -34,7 +33,7 @@ from crackcls import atomic, features, manifest, paths, plots, runtime, tracking
 from crackcls.config import Config
 from crackcls.data import image_dataset
 from crackcls.errors import CrackclsError
-from crackcls.model import build_model, load_model_file, unfreeze_top
+from crackcls.model import CrackModel, adam, build_model, from_scratch, learning_rate_schedule, unfreeze_top
 from crackcls.splitting import Item
 
 TF_CONFIG = "TF_CONFIG"
@@ -82,7 +81,8 @@ def _shard(items: Sequence[Item], context: tf.distribute.InputContext) -> list[I
 
 
 def _distributed_batches(
-    strategy: tf.distribute.Strategy, items: Sequence[Item], size: int, global_batch: int, seed: int | None, base: Path
+    strategy: tf.distribute.Strategy, items: Sequence[Item], size: int, global_batch: int, seed: int | None, base: Path,
+    cache: bool,
 ) -> Iterator:
     """Endless per-replica batches: each input pipeline decodes only its own shard of the files."""
 
@@ -90,7 +90,7 @@ def _distributed_batches(
         shard = _shard(items, context)
         batch = context.get_per_replica_batch_size(global_batch)
         shard_seed = None if seed is None else seed + context.input_pipeline_id
-        ds = image_dataset([it.path for it in shard], [it.label for it in shard], size, batch, shuffle_seed=shard_seed, base=base)
+        ds = image_dataset([it.path for it in shard], [it.label for it in shard], size, batch, shuffle_seed=shard_seed, base=base, cache=cache)
         return ds.repeat()
 
     return iter(strategy.distribute_datasets_from_function(dataset_fn))
@@ -99,15 +99,17 @@ def _distributed_batches(
 class SyncLoop:
     """One optimiser and the compiled train / validation steps of a model under a strategy."""
 
-    def __init__(self, strategy: tf.distribute.Strategy, model: keras.Model, learning_rate: float, global_batch: int):
-        self.strategy, self.model, self.global_batch = strategy, model, global_batch
-        with strategy.scope():
-            self.optimizer = keras.optimizers.Adam(learning_rate)
+    def __init__(
+        self, strategy: tf.distribute.Strategy, model: keras.Model, optimizer: keras.optimizers.Optimizer, global_batch: int,
+        label_smoothing: float = 0.0,
+    ):  # fmt: skip
+        self.strategy, self.model, self.optimizer, self.global_batch = strategy, model, optimizer, global_batch
+        self.loss = keras.losses.BinaryCrossentropy(label_smoothing=label_smoothing, reduction=None)
         self.train_step = tf.function(self._train_step)
         self.val_step = tf.function(self._val_step)
 
     def _sums(self, labels: tf.Tensor, probs: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor, tf.Tensor]:
-        per_example = keras.losses.binary_crossentropy(labels[:, None], probs)
+        per_example = self.loss(labels[:, None], probs)
         correct = tf.cast(tf.equal(tf.cast(probs[:, 0] >= 0.5, tf.float32), labels), tf.float32)
         return per_example, tf.reduce_sum(per_example), tf.reduce_sum(correct), tf.cast(tf.size(labels), tf.float32)
 
@@ -174,7 +176,7 @@ def _barrier(strategy: tf.distribute.Strategy) -> None:
     A worker that simply exited would stop sending heartbeats while the chief still runs,
     and TensorFlow's coordination service then reports it as crashed.
     """
-    strategy.reduce(tf.distribute.ReduceOp.SUM, strategy.run(lambda: tf.constant(1.0)), axis=None)
+    tf.function(lambda: strategy.reduce(tf.distribute.ReduceOp.SUM, strategy.run(lambda: tf.constant(1.0)), axis=None))()
 
 
 def _steps(n_items: int, global_batch: int) -> int:
@@ -198,37 +200,48 @@ def train(config: Config, workspace: Path) -> dict:
         val_items = []  # too few to shard: early stopping watches the training loss, as with data.split.val: 0
     size, seed = config.model.image_size, config.train.seed
 
+    scratch = from_scratch(config.model)
     keras.utils.set_random_seed(seed)  # the same initial weights on every worker
     with strategy.scope():
         crack = build_model(config.model, config.train)
-    weights_file = features.cache_dir(workspace) / features.BACKBONE_WEIGHTS_FILE
-    if not weights_file.is_file():
-        raise CrackclsError(f"{weights_file} missing; run `dvc repro features` first")
-    crack.backbone.load_weights(str(weights_file))  # what single-process training starts from
+    if features.used(config):
+        weights_file = features.cache_dir(workspace) / features.BACKBONE_WEIGHTS_FILE
+        if not weights_file.is_file():
+            raise CrackclsError(f"{weights_file} missing; run `dvc repro features` first")
+        crack.backbone.load_weights(str(weights_file))  # what single-process training starts from
 
-    train_batches = (_distributed_batches(strategy, train_items, size, global_batch, seed, workspace), _steps(len(train_items), global_batch))
-    val_batches = (_distributed_batches(strategy, val_items, size, global_batch, None, workspace), _steps(len(val_items), global_batch)) if val_items else None  # fmt: skip
+    steps = _steps(len(train_items), global_batch)
+    train_batches = (_distributed_batches(strategy, train_items, size, global_batch, seed, workspace, scratch), steps)
+    val_batches = (_distributed_batches(strategy, val_items, size, global_batch, None, workspace, scratch), _steps(len(val_items), global_batch)) if val_items else None  # fmt: skip
 
     def log_epoch(epoch: int, logs: dict[str, float]) -> None:
         print(f"distributed: {me.type} {me.index} epoch {epoch}: " + ", ".join(f"{k} {v:.4f}" for k, v in logs.items()), flush=True)
         if me.is_chief:
             mlflow.log_metrics(logs, step=epoch)
 
+    def loop(learning_rate, weight_decay: float = 0.0, label_smoothing: float = 0.0) -> SyncLoop:
+        with strategy.scope():
+            optimizer = adam(learning_rate, weight_decay)
+        return SyncLoop(strategy, crack.model, optimizer, global_batch, label_smoothing)
+
     def fit_phases() -> tuple[list[tuple[str, dict]], int]:
-        phases, steps = [], 0
-        loop = SyncLoop(strategy, crack.model, config.train.learning_rate, global_batch)
-        history, ran = _fit(loop, train_batches, val_batches, config.train.epochs, config.train.patience, 0, log_epoch)
-        phases.append(("frozen", history))
-        steps += ran
+        epochs, patience = config.train.epochs, config.train.patience
+        if scratch:  # every layer, with the from-scratch recipe
+            recipe = config.train.scratch
+            schedule = learning_rate_schedule(recipe.learning_rate, recipe.schedule, steps, epochs, recipe.warmup_epochs)
+            history, ran = _fit(loop(schedule, recipe.weight_decay, recipe.label_smoothing), train_batches, val_batches, epochs, patience, 0, log_epoch)
+            return [("scratch", history)], ran
+        history, ran = _fit(loop(config.train.learning_rate), train_batches, val_batches, epochs, patience, 0, log_epoch)
+        phases = [("frozen", history)]
         if config.model.fine_tune_layers > 0 and config.train.fine_tune_epochs > 0:
             with strategy.scope():
                 unfreeze_top(crack.backbone, config.model.fine_tune_layers)
-            loop = SyncLoop(strategy, crack.model, config.train.fine_tune_learning_rate, global_batch)
             first = len(history["loss"])
-            history, ran = _fit(loop, train_batches, val_batches, config.train.fine_tune_epochs, config.train.patience, first, log_epoch)
+            history, more = _fit(loop(config.train.fine_tune_learning_rate), train_batches, val_batches,
+                                 config.train.fine_tune_epochs, patience, first, log_epoch)  # fmt: skip
             phases.append(("fine_tune", history))
-            steps += ran
-        return phases, steps
+            ran += more
+        return phases, ran
 
     started = time.perf_counter()
     if not me.is_chief:
@@ -246,13 +259,29 @@ def train(config: Config, workspace: Path) -> dict:
         phases, steps = fit_phases()
         seconds = time.perf_counter() - started
         print(f"distributed: {me.type} {me.index} of {me.workers} done: {steps} steps in {seconds:.1f} s", flush=True)
-        info = _write_outputs(crack.model, config, workspace, phases, seconds, active.info)
+        plain = _plain_copy(crack, config)
+        if scratch:
+            from crackcls.stages.train import recalibrate_batchnorm
+
+            mlflow.log_metric("batchnorm_recalibration_images", recalibrate_batchnorm(plain, config, workspace))
+        info = _write_outputs(plain, config, workspace, phases, seconds, active.info)
     _barrier(strategy)
     return {**info, "task": f"{me.type}:{me.index}", "workers": me.workers, "steps": steps}
 
 
+def _plain_copy(crack: CrackModel, config: Config) -> CrackModel:
+    """The trained weights in a model built outside the strategy, for what runs on the chief alone.
+
+    Recomputing BatchNorm statistics, saving, and MLflow's signature inference then touch
+    ordinary variables, with no collective that the other workers would have to join.
+    """
+    plain = build_model(config.model, config.train)
+    plain.model.set_weights(crack.model.get_weights())
+    return plain
+
+
 def _write_outputs(
-    model: keras.Model, config: Config, workspace: Path, phases: list[tuple[str, dict]], seconds: float, run: mlflow.entities.RunInfo
+    crack: CrackModel, config: Config, workspace: Path, phases: list[tuple[str, dict]], seconds: float, run: mlflow.entities.RunInfo
 ) -> dict:
     """The train stage's outputs and MLflow artifacts, as single-process training writes them."""
     from crackcls.stages import train as stage
@@ -266,14 +295,13 @@ def _write_outputs(
     mlflow.log_metrics({"training_time_s": seconds, "epochs_trained": epochs})
     model_file = workspace / paths.MODEL_FILE
     with atomic.atomic_path(model_file, suffix=".keras") as tmp:
-        model.save(tmp)
+        crack.model.save(tmp)
     atomic.write_text(workspace / stage.HISTORY_FILE, stage._history_csv(history))
     first_phase = len(phases[0][1]["loss"])
     plots.training_curves(history, workspace / stage.CURVES_FILE, phase_start=first_phase if len(phases) > 1 else None)
     mlflow.log_artifact(str(workspace / stage.CURVES_FILE), artifact_path="plots")
     mlflow.log_artifact(str(workspace / stage.HISTORY_FILE), artifact_path="plots")
-    # Logged from the saved file: a plain copy outside the strategy, which MLflow's signature inference can call.
-    registered = stage.log_and_register(SimpleNamespace(model=load_model_file(model_file)), config, model_file)
+    registered = stage.log_and_register(crack, config, model_file)
     info = {
         "run_id": run.run_id,
         "experiment_id": run.experiment_id,

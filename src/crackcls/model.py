@@ -257,16 +257,20 @@ def compile_binary(
     label_smoothing: float = 0.0,
 ) -> None:
     """Adam (AdamW when ``weight_decay`` > 0) on binary cross-entropy."""
-    optimizer = (
-        keras.optimizers.AdamW(learning_rate, weight_decay=weight_decay)
-        if weight_decay > 0
-        else keras.optimizers.Adam(learning_rate)
-    )
     model.compile(
-        optimizer=optimizer,
+        optimizer=adam(learning_rate, weight_decay),
         loss=keras.losses.BinaryCrossentropy(label_smoothing=label_smoothing),
         metrics=["accuracy"],
     )
+
+
+def adam(
+    learning_rate: float | keras.optimizers.schedules.LearningRateSchedule, weight_decay: float = 0.0
+) -> keras.optimizers.Optimizer:
+    """Adam, or AdamW (decoupled weight decay) when ``weight_decay`` > 0."""
+    if weight_decay > 0:
+        return keras.optimizers.AdamW(learning_rate, weight_decay=weight_decay)
+    return keras.optimizers.Adam(learning_rate)
 
 
 def learning_rate_schedule(
