@@ -21,8 +21,6 @@ from conftest import REPO_ROOT, build_tiny_project, free_port, subprocess_env, u
 
 from crackcls import distributed
 
-pytestmark = pytest.mark.e2e
-
 WORKERS = 2
 TIMEOUT_S = 420
 PARAMS = {
@@ -98,6 +96,7 @@ def test_tf_config_decides_who_is_chief():
             distributed.task({"TF_CONFIG": bad})
 
 
+@pytest.mark.e2e
 def test_both_workers_trained_in_sync(cluster_run):
     _, _, outputs = cluster_run
     done = [DONE.search(output) for output in outputs]
@@ -110,6 +109,7 @@ def test_both_workers_trained_in_sync(cluster_run):
     assert epochs[0] == epochs[1]
 
 
+@pytest.mark.e2e
 def test_only_the_chief_writes_the_model_and_one_mlflow_run(cluster_run):
     from mlflow.tracking import MlflowClient
 
@@ -131,6 +131,7 @@ def test_only_the_chief_writes_the_model_and_one_mlflow_run(cluster_run):
     assert client.get_model_version_by_alias("crackcls", "challenger").run_id == runs[0].info.run_id
 
 
+@pytest.mark.e2e
 def test_the_model_loads_and_predicts(cluster_run):
     from crackcls.evaluation import score_files
     from crackcls.model import load_model_file

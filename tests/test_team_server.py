@@ -34,9 +34,8 @@ from conftest import (
     use_project_store,
 )
 
+from crackcls import teamserver
 from crackcls.serving import encode_file
-
-pytestmark = pytest.mark.e2e
 
 MODEL = "crackcls"
 STARTUP_TIMEOUT_S = 180
@@ -162,6 +161,7 @@ def promoted(team) -> str:
     return _run([str(BIN_DIR / "crackcls"), "promote"], cwd=team.project, env=team.env()).stdout
 
 
+@pytest.mark.e2e
 def test_the_run_is_on_the_server_with_its_artifacts_proxied(team, monkeypatch):
     from mlflow.tracking import MlflowClient
 
@@ -185,6 +185,7 @@ def test_the_run_is_on_the_server_with_its_artifacts_proxied(team, monkeypatch):
     assert list(team.artifacts.rglob("confusion_matrix.png"))
 
 
+@pytest.mark.e2e
 def test_registered_version_aliases_promote_predict(team, promoted, monkeypatch):
     from mlflow.tracking import MlflowClient
 
@@ -211,6 +212,7 @@ def test_registered_version_aliases_promote_predict(team, promoted, monkeypatch)
     assert all(row.split(",")[1] in ("crack", "no_crack") for row in rows[1:])
 
 
+@pytest.mark.e2e
 def test_models_serve_downloads_the_champion_from_the_server(team, promoted, tmp_path):
     port = free_port()
     command = [str(BIN_DIR / "mlflow"), "models", "serve", "-m", f"models:/{MODEL}@champion", "--env-manager", "local",
@@ -223,6 +225,7 @@ def test_models_serve_downloads_the_champion_from_the_server(team, promoted, tmp
     assert row["error"] is None and row["label"] in ("crack", "no_crack")
 
 
+@pytest.mark.e2e
 def test_logins_are_required_and_permissions_hold(team, monkeypatch):
     from mlflow.exceptions import MlflowException
     from mlflow.tracking import MlflowClient
@@ -243,3 +246,18 @@ def test_logins_are_required_and_permissions_hold(team, monkeypatch):
     _login(monkeypatch, team.url, VIEWER, VIEWER_PASSWORD)
     with pytest.raises(MlflowException, match="403"):
         MlflowClient(tracking_uri=team.url, registry_uri=team.url).set_registered_model_alias(MODEL, "champion", "1")
+
+
+def test_make_server_needs_a_secret_key_and_writes_the_auth_config(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "params.yaml").write_text("{}\n")
+    monkeypatch.delenv(teamserver.SECRET_KEY_VAR, raising=False)
+    args = ["--backend", "sqlite:///x.db", "--artifacts", "art", "--auth-db", "postgresql://u:p@h/auth"]
+    with pytest.raises(SystemExit) as stopped:
+        teamserver.main(args)
+    assert stopped.value.code == 2 and teamserver.SECRET_KEY_VAR in capsys.readouterr().err
+    assert teamserver.artifacts_destination("art") == str(tmp_path.resolve() / "art")
+    assert teamserver.artifacts_destination("s3://bucket/crackcls") == "s3://bucket/crackcls"
+    config = teamserver.auth_config("postgresql://u:p@h/auth")
+    assert "database_uri = postgresql://u:p@h/auth" in config and "default_permission = READ" in config
+    assert "password" not in config  # the admin password comes from the environment only

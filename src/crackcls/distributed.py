@@ -163,7 +163,7 @@ def _fit(
             best, best_weights, waited = monitored, loop.model.get_weights(), 0
         else:
             waited += 1
-            if waited > patience:
+            if waited >= patience:  # as Keras's EarlyStopping counts
                 break
     if best_weights is not None:
         loop.model.set_weights(best_weights)
