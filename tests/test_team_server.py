@@ -11,7 +11,9 @@ Skips when PostgreSQL or its Python driver is not installed.
 
 from __future__ import annotations
 
+import contextlib
 import glob
+import io
 import os
 import shutil
 import subprocess
@@ -157,8 +159,21 @@ def team(postgres, tmp_path_factory) -> Iterator[Team]:
 
 @pytest.fixture(scope="module")
 def promoted(team) -> str:
-    """``crackcls promote`` run by the trainer against the server; its output."""
-    return _run([str(BIN_DIR / "crackcls"), "promote"], cwd=team.project, env=team.env()).stdout
+    """``crackcls promote`` run by the trainer against the server; its output.
+
+    In this process (TensorFlow is loaded already); ``predict`` and ``serve`` below run
+    as separate processes.
+    """
+    from crackcls import cli
+
+    output = io.StringIO()
+    with pytest.MonkeyPatch.context() as patch, contextlib.redirect_stdout(output):
+        use_project_store(patch, team.project)
+        _login(patch, team.url, TRAINER, TRAINER_PASSWORD)
+        with pytest.raises(SystemExit) as exited:
+            cli.main(["promote"])
+    assert exited.value.code == 0, output.getvalue()
+    return output.getvalue()
 
 
 @pytest.mark.e2e
