@@ -21,7 +21,8 @@ import yaml
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED = REPO_ROOT.parent / "shared"
 SHARED_SAMPLE = SHARED / "data" / "concrete-crack-sample"
-RAR_FIXTURES = SHARED / "fixtures" / "rar"
+# Shipped with the tests (five small archives; tests/fixtures/rar/README.md says how they were made).
+RAR_FIXTURES = REPO_ROOT / "tests" / "fixtures" / "rar"
 BIN_DIR = Path(sys.executable).parent
 
 # Small and fast: the compact backbone from scratch, small images, few epochs.
@@ -96,8 +97,6 @@ def shared_sample() -> Path:
 
 @pytest.fixture
 def rar_fixtures() -> Path:
-    if not RAR_FIXTURES.is_dir():
-        pytest.skip("shared RAR fixtures not available")
     return RAR_FIXTURES
 
 

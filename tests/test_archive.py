@@ -8,6 +8,7 @@ import zipfile
 from pathlib import Path
 
 import pytest
+from conftest import RAR_FIXTURES
 
 from crackcls.archive import (
     CAP_KEY,
@@ -19,15 +20,29 @@ from crackcls.archive import (
     libarchive_version,
 )
 
-FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "rar"
 MB = 2**20
+RAR_FILES = (
+    "rar4_files_dirs_symlink.rar",
+    "rar4_high_ratio_20MB.rar",
+    "rar4_truncated.rar",
+    "rar4_unicode_names.rar",
+    "rar5_compressed.rar",
+)
 
 
 def fixture(name: str) -> Path:
-    path = FIXTURES / name
-    if not path.is_file():
-        pytest.skip(f"RAR fixture {path} not available")
+    """A RAR archive shipped in tests/fixtures/rar: a missing one fails, it never skips."""
+    path = RAR_FIXTURES / name
+    assert path.is_file(), f"RAR fixture {path} is missing from the checkout"
     return path
+
+
+def test_rar_fixtures_ship_with_the_tests(rar_fixtures: Path) -> None:
+    assert rar_fixtures.is_relative_to(Path(__file__).resolve().parent)
+    for name in RAR_FILES:
+        data = fixture(name).read_bytes()
+        assert data.startswith(b"Rar!\x1a\x07"), name  # the RAR4/RAR5 signature
+    assert "libarchive" in (rar_fixtures / "README.md").read_text()
 
 
 def files_under(folder: Path) -> set[str]:
