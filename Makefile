@@ -39,7 +39,7 @@ help:
 	@echo "make serve       serve models:/crackcls@champion over HTTP on 127.0.0.1:$(SERVE_PORT)"
 	@echo "make server      team MLflow server with logins on $(HOST):$(PORT) (BACKEND=, ARTIFACTS=, AUTH_DB=)"
 	@echo "make bench       training / prediction / split / memory benchmark (see README)"
-	@echo "make ui          MLflow UI on http://127.0.0.1:$(PORT)"
+	@echo "make ui          MLflow UI on http://127.0.0.1:$(PORT) (prints the link to the training runs)"
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -91,5 +91,6 @@ bench:
 	$(BIN)/python bench/run.py
 
 ui:
+	@echo "MLflow UI, training runs: $$(MLFLOW_TRACKING_URI="$(TRACKING_URI)" crackcls ui-link --base http://127.0.0.1:$(PORT))"
 	mlflow ui --backend-store-uri "$(TRACKING_URI)" --default-artifact-root "$(CURDIR)/mlruns" \
 	  --host 127.0.0.1 --port $(PORT)

@@ -50,8 +50,8 @@ def test_split_and_training_count_and_list_bad_files(tiny_project):
 
     split = json.loads((tiny_project / "reports/split.json").read_text())
     assert split["skipped"] == len(rejected)
-    assert split["skipped_by_reason"] == {"empty file": 1, "not an image": 1, "truncated or corrupt": 1}
     listed = json.loads((tiny_project / "reports/split_skipped.json").read_text())
+    assert listed["by_reason"] == {"empty file": 1, "not an image": 1, "truncated or corrupt": 1}
     assert {Path(f["path"]).name: f["reason"] for f in listed["files"]} == rejected
     assert split["total"] == 40 + valid_extra  # every odd-but-valid image is used
 

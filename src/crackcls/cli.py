@@ -10,6 +10,22 @@ from crackcls.errors import CrackclsError, user_errors_exit
 
 STAGES = ("fetch", "split", "features", "train", "evaluate")
 
+# Plain text for a terminal (argparse prints it as written).
+DESCRIPTION = """\
+Train, evaluate, promote and use a concrete-crack image classifier.
+The pipeline itself runs through DVC (dvc repro, dvc exp run); these
+commands are the jobs around it."""
+
+EPILOG = """\
+examples:
+  crackcls predict photos/ 'site-7/**/*.jpg'       label images with the @champion model
+  crackcls predict photos/ --explain gradcam/      ... and write a Grad-CAM overlay per image
+  crackcls evaluate --data /path/to/labelled       score models/model.keras on Positive/ + Negative/
+  crackcls promote                                 crown @challenger if it beats @champion
+  crackcls ui-link                                 the MLflow UI address that opens on the runs
+
+Run 'crackcls <command> --help' for a command's options."""
+
 
 def _stage(args: argparse.Namespace) -> int:
     module = importlib.import_module(f"crackcls.stages.{args.name}")
@@ -80,9 +96,19 @@ def _scan(args: argparse.Namespace) -> int:
     return 0 if result.scans else 1
 
 
+def _ui_link(args: argparse.Namespace) -> int:
+    from crackcls import tracking
+    from crackcls.config import load_config
+
+    print(tracking.runs_url(args.base, tracking.configure(load_config().mlflow.experiment)))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="crackcls", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser = argparse.ArgumentParser(
+        prog="crackcls", description=DESCRIPTION, epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="<command>")
 
     stage = sub.add_parser("stage", help="run one DVC stage's command (what dvc.yaml calls)")
     stage.add_argument("name", choices=STAGES)
@@ -96,7 +122,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--tile-truth", default=None, metavar="FILE", help="with --scan: JSON of crack boxes per photo (see README) for tile-level recall and precision")
     evaluate.set_defaults(func=_evaluate)
 
-    promote = sub.add_parser("promote", help="move @champion to @challenger if it is better on the test split")
+    promote = sub.add_parser("promote", help="move @champion to the @challenger version if it is better on the test split")
     promote.add_argument("--version", default=None, help="promote this version instead of @challenger")
     promote.set_defaults(func=_promote)
 
@@ -112,7 +138,7 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--format", choices=("table", "json", "csv"), default=None, help="output format (default: from --output's suffix, else table)")
     predict.add_argument("--output", default=None, metavar="FILE", help="write the predictions to FILE instead of the terminal")
     predict.add_argument("--explain", default=None, metavar="OUTDIR", help="write a Grad-CAM overlay PNG per image into OUTDIR")
-    predict.add_argument("--batch-size", type=int, default=None, help="images per batch (default: params evaluate.batch_size, else 64)")
+    predict.add_argument("--batch-size", type=int, default=None, help="images per forward pass (default: 16; memory grows with it)")
     predict.set_defaults(func=_predict)
 
     scan = sub.add_parser(
@@ -133,6 +159,15 @@ def build_parser() -> argparse.ArgumentParser:
     scan.add_argument("--model", default=None, help="as for predict (default: models:/<registry.model_name>@champion)")
     scan.add_argument("--batch-size", type=int, default=None, help="tiles per batch (default: params evaluate.batch_size, else 64)")
     scan.set_defaults(func=_scan)
+
+    ui_link = sub.add_parser(
+        "ui-link",
+        help="print the MLflow UI link that opens on the training runs",
+        description="Print the MLflow UI address of the experiment's training-runs table "
+        "(the view `make ui` serves).",
+    )
+    ui_link.add_argument("--base", default="http://127.0.0.1:5000", help="where the UI listens (default: %(default)s)")
+    ui_link.set_defaults(func=_ui_link)
     return parser
 
 

@@ -22,7 +22,7 @@ import mlflow
 import numpy as np
 import tensorflow as tf
 
-from crackcls import atomic, paths, plots
+from crackcls import atomic, paths, plots, progress
 from crackcls.data import image_dataset
 from crackcls.errors import CrackclsError
 from crackcls.images import SkipReport, UnreadableImage, iter_images, load_rgb
@@ -140,7 +140,8 @@ def evaluate_items(
 ) -> Evaluation:
     if not items:
         raise CrackclsError("nothing to evaluate: the image list is empty")
-    scores = score_files(model, [it.path for it in items], batch_size, base)
+    with progress.bar(len(items), "evaluate", min_total=batch_size) as bar:
+        scores = score_files(model, [it.path for it in items], batch_size, base, progress=bar.update)
     skipped = SkipReport()
     for item, reason in zip(items, scores.reasons):
         if reason is not None:

@@ -10,13 +10,14 @@ model uses (seeded), and each epoch the head sees one view per image at random.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 import tensorflow as tf
 
-from crackcls import atomic, paths
+from crackcls import atomic, paths, quiet
 from crackcls.config import Config
 from crackcls.download import sha256_file
 from crackcls.errors import CrackclsError
@@ -72,8 +73,13 @@ class FeatureSet:
     kept: np.ndarray  # (N_items,) bool: which manifest rows decoded
 
 
-def extract(features_model, augment, dataset: tf.data.Dataset, views: int) -> tuple[np.ndarray, np.ndarray]:
-    """Run the frozen backbone once per batch per view; returns (features, ok-mask)."""
+def extract(
+    features_model, augment, dataset: tf.data.Dataset, views: int, progress: Callable[[int], object] | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Run the frozen backbone once per batch per view; returns (features, ok-mask).
+
+    ``progress`` is called with the number of images in each finished batch.
+    """
 
     @tf.function(reduce_retracing=True)
     def all_views(images: tf.Tensor) -> tf.Tensor:
@@ -86,6 +92,8 @@ def extract(features_model, augment, dataset: tf.data.Dataset, views: int) -> tu
     for images, ok in dataset:
         chunks.append(all_views(images).numpy().astype(np.float16))
         flags.append(ok.numpy())
+        if progress is not None:
+            progress(len(flags[-1]))
     return np.concatenate(chunks), np.concatenate(flags)
 
 
@@ -116,7 +124,8 @@ def load(cache_dir: Path, split: str, expected: CacheKey) -> FeatureSet:
 def head_dataset(feature_set: FeatureSet, batch_size: int, seed: int, shuffle: bool) -> tf.data.Dataset:
     """(features, label) batches; each pass draws one cached view per image."""
     views = feature_set.features.shape[1]
-    ds = tf.data.Dataset.from_tensor_slices((feature_set.features, feature_set.labels))
+    with quiet.filtered_stderr():  # the first float16 tensor makes oneDNN log a harmless "E0000" line
+        ds = tf.data.Dataset.from_tensor_slices((feature_set.features, feature_set.labels))
     if shuffle:
         ds = ds.shuffle(len(feature_set.labels), seed=seed, reshuffle_each_iteration=True)
         ds = ds.map(

@@ -21,6 +21,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from crackcls import progress
 from crackcls.errors import CrackclsError
 from crackcls.evaluation import model_input_size
 from crackcls.heatmap import overlay, save_png  # noqa: F401 - part of this module's interface
@@ -124,8 +125,13 @@ def error_gallery(
         _save(fig, target)
         return Path(target)
     fig, axes = plt.subplots(len(rows), columns, figsize=(2.6 * columns, 3.0 * len(rows)), squeeze=False)
+    with progress.bar(sum(len(items) for items in rows.values()), "error gallery") as bar:
+        overlays = {}
+        for items in rows.values():
+            for path, rgb in cam.explain_files([path for path, _ in items]):
+                overlays[path] = rgb
+                bar.update(1)
     for axes_row, (kind, items) in zip(axes, rows.items()):
-        overlays = dict(cam.explain_files([path for path, _ in items]))
         for col, ax in enumerate(axes_row):
             ax.axis("off")
             if col >= len(items):

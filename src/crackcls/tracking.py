@@ -23,6 +23,8 @@ from crackcls.errors import CrackclsError
 
 DB_FILE = "mlflow.db"
 ARTIFACT_DIR = "mlruns"
+# Marks the experiment as model training (not GenAI) for MLflow 3's UI.
+EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
 
 
 def default_tracking_uri(root: Path | None = None) -> str:
@@ -103,17 +105,31 @@ def configure(experiment: str) -> str:
     found = client.get_experiment_by_name(experiment)
     if found is not None:
         experiment_id = found.experiment_id
+        for key, value in EXPERIMENT_KIND.items():
+            if found.tags.get(key) != value:  # a store from before the tag existed
+                client.set_experiment_tag(experiment_id, key, value)
     else:
         artifact_location = None
         if uri.startswith("sqlite:"):
             artifact_location = (paths.project_root() / ARTIFACT_DIR).resolve().as_uri()
         try:
-            experiment_id = client.create_experiment(experiment, artifact_location=artifact_location)
+            experiment_id = client.create_experiment(
+                experiment, artifact_location=artifact_location, tags=EXPERIMENT_KIND
+            )
         except mlflow.exceptions.MlflowException:
             # another process created it between our lookup and create
             experiment_id = client.get_experiment_by_name(experiment).experiment_id  # type: ignore[union-attr]
     mlflow.set_experiment(experiment_id=experiment_id)
     return experiment_id
+
+
+def runs_url(base: str, experiment_id: str) -> str:
+    """The UI page of an experiment's training-runs table.
+
+    MLflow 3 opens an experiment on its GenAI overview unless the browser has chosen
+    otherwise; the experiment tag alone does not change that, the URL parameter does.
+    """
+    return f"{base.rstrip('/')}/#/experiments/{experiment_id}?workflowType=machine_learning"
 
 
 def git_tags(cwd: Path | None = None) -> dict[str, str]:

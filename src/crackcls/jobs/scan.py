@@ -8,12 +8,11 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from crackcls import atomic
+from crackcls import atomic, progress
 from crackcls.config import Config
 from crackcls.errors import CrackclsError
 from crackcls.evaluation import CRACK, csv_text, load_model
@@ -60,7 +59,7 @@ def scan_paths(
     skips = SkipReport()
     targets = overlay_names(files, overlay_dir, OVERLAY_SUFFIX) if overlay_dir is not None else {}
     scans = []
-    with _progress() as bar:
+    with progress.bar(None, "scan", unit="tile") as bar:  # counts tiles
         for scan, picture in scan_files(model, files, settings, batch_size, skips, overlay_size if targets else None, bar.update):
             if picture is not None:
                 scan.overlay = str(save_png(overlay_image(picture, scan), targets[Path(scan.path)]))
@@ -86,13 +85,6 @@ def run(
     out = Path(overlay_dir) if overlay_dir is not None else None
     scans, skips = scan_paths(model, files, settings, batch_size, out, config.scan.overlay_size)
     return ScanResult(spec, scans, skips)
-
-
-def _progress():  # noqa: ANN202 - a tqdm bar
-    from tqdm import tqdm
-
-    # Counts tiles; shown (disable=None) only on a terminal.
-    return tqdm(unit="tile", desc="scan", file=sys.stderr, leave=False, disable=None)
 
 
 def regions_text(regions: list[dict]) -> str:

@@ -15,7 +15,7 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from crackcls import atomic, features, manifest, paths, runtime
+from crackcls import atomic, features, manifest, paths, progress, runtime
 from crackcls.config import Config, load_config
 from crackcls.data import manifest_dataset
 from crackcls.errors import CrackclsError, user_errors_exit
@@ -49,7 +49,8 @@ def run(config: Config, workspace: Path) -> dict:
                 report[f"{split}_images"] = report[f"{split}_skipped"] = 0
                 continue
             ds = manifest_dataset(items, size, batch, base=workspace, keep_flags=True)
-            values, kept = features.extract(crack.features, crack.augment, ds, views)
+            with progress.bar(len(items), f"features {split}") as bar:
+                values, kept = features.extract(crack.features, crack.augment, ds, views, progress=bar.update)
             labels = [it.label for it, ok in zip(items, kept) if ok]
             features.save(
                 staging, split, features.FeatureSet(values[kept], np.asarray(labels, np.float32), kept)

@@ -1,7 +1,8 @@
 """DVC stage ``split``: dedupe by content hash, then a stratified, seeded split.
 
 Reads ``data/raw`` (and ``data/field`` when it holds images) and writes manifests
-to ``data/split/{train,val,test}.csv`` plus ``reports/split.json`` as DVC metrics.
+to ``data/split/{train,val,test}.csv`` plus ``reports/split.json`` (DVC metrics: numbers
+only) and ``reports/split_skipped.json`` (every skipped file and why).
 """
 
 from __future__ import annotations
@@ -131,8 +132,7 @@ def run(config: Config, workspace: Path) -> dict:
         "images_found": len(items) + skips.count,
         "duplicates_removed": dedupe.duplicates_removed,
         "label_conflicts_removed": dedupe.label_conflicts,
-        "skipped": skips.count,
-        "skipped_by_reason": skips.by_reason(),
+        "skipped": skips.count,  # by reason and by file in split_skipped.json: DVC metrics hold numbers only
         "total": sum(len(p) for p in parts.values()),
     }
     for name, part in parts.items():

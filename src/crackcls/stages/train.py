@@ -35,6 +35,7 @@ from crackcls import atomic, distributed, features, manifest, paths, plots, runt
 from crackcls.config import Config, load_config
 from crackcls.data import manifest_dataset
 from crackcls.errors import CrackclsError, user_errors_exit
+from crackcls.lineage import log_split_lineage
 from crackcls.model import (
     CrackModel,
     build_model,
@@ -44,6 +45,7 @@ from crackcls.model import (
     learning_rate_schedule,
     unfreeze_top,
 )
+from crackcls.progress import keras_batch_bar
 
 CHALLENGER = "challenger"
 HISTORY_FILE = paths.REPORTS_DIR / "train_history.csv"
@@ -63,6 +65,7 @@ def _callbacks(patience: int, has_val: bool) -> list[keras.callbacks.Callback]:
     return [
         keras.callbacks.EarlyStopping(monitor=monitor, patience=patience, restore_best_weights=True),
         EpochMetricsToMlflow(),
+        keras_batch_bar(),
     ]
 
 
@@ -238,6 +241,7 @@ def _train_and_track(config: Config, workspace: Path) -> dict:
     run_name = f"{config.model.backbone}-{config.model.image_size}px"
     with mlflow.start_run(run_name=run_name) as active:
         mlflow.set_tags({**tracking.git_tags(workspace), "stage": "train"})
+        log_split_lineage(workspace)
         mlflow.set_tags({f"runtime.{key}": str(value) for key, value in runtime.describe().items()})
         mlflow.log_params(tracking.flatten("", config.model_dump(mode="json")))
         started = time.perf_counter()
