@@ -1,20 +1,28 @@
 """End to end: `make demo` in a fresh git + DVC copy of the repository.
 
-Checks what a user sees: DVC metrics and plots, the MLflow run with params and
-metrics, a registered version aliased ``champion``, a no-op second run, and
-``make evaluate DATA=...`` on an arbitrary labelled folder.
+Checks what a user sees: DVC metrics and plots (test metrics first, no load
+warnings), no TensorFlow start-up lines in the stages' output, the MLflow run with
+params, metrics and its data (the split manifests as dataset inputs whose digest is
+DVC's hash of ``data/split``), a registered version aliased ``champion``, a no-op
+second run, and ``make evaluate DATA=...`` on an arbitrary labelled folder.
 """
 
 from __future__ import annotations
 
+import csv
+import io
 import json
+import re
 import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
+import yaml
 from conftest import fresh_repo_copy, subprocess_env
 from mlflow.tracking import MlflowClient
+
+from crackcls import lineage, quiet
 
 pytestmark = pytest.mark.e2e
 
@@ -92,3 +100,97 @@ def test_make_evaluate_on_a_labelled_folder(demo_repo, tmp_path):
     assert "  n          10" in result.stdout
     champion = _run(["make", "evaluate", "MODEL=models:/crackcls@champion"], demo_repo)
     assert "recall" in champion.stdout
+
+
+TEST_METRICS = ("accuracy", "f1", "precision", "recall", "roc_auc")
+NOISE_MARKERS = ("cuInit", "oneDNN", "absl::InitializeLog", "cudart_stub", "cpu_feature_guard")
+
+
+@pytest.mark.skipif(quiet.has_nvidia_device(), reason="CUDA lines are kept on a machine with a GPU")
+def test_stage_output_has_no_tensorflow_start_up_lines(demo_repo):
+    output = (demo_repo / "demo.log").read_text()
+    for stage in ("fetch", "split", "features", "train", "evaluate"):
+        assert f"Running stage '{stage}'" in output
+    assert "registered crackcls v1 as @challenger" in output and "PROMOTED" in output  # the stages' own lines still show
+    assert not [m for m in NOISE_MARKERS if m in output], output[-6000:]
+    assert "E0000" not in output
+
+
+def test_dvc_metrics_show_leads_with_the_test_metrics(demo_repo):
+    repo = demo_repo
+    shown = _run(["dvc", "metrics", "show"], repo)
+    assert "failed to load" not in shown.stderr + shown.stdout
+    rows = [line.split()[0] for line in shown.stdout.splitlines()[1:] if line.strip()]
+    assert rows == ["reports/metrics.json", "reports/split.json"]  # fetch.json is a record, not a metric
+    as_json = json.loads(_run(["dvc", "metrics", "show", "--json"], repo).stdout)
+    files = next(iter(as_json.values()))["data"]
+    assert list(files)[0] == "reports/metrics.json"
+    split = files["reports/split.json"]["data"]
+    assert all(isinstance(v, (int, float)) for v in flatten(split).values()), split  # numbers only
+
+    _run(["git", "add", "dvc.lock", "reports/metrics.json", "reports/split.json", "reports/fetch.json"], repo)
+    _run(["git", "commit", "-qm", "first model"], repo)  # the usual next step: keep the result
+    diff = _run(["dvc", "metrics", "diff"], repo)
+    assert "failed to load" not in diff.stderr + diff.stdout
+
+
+def flatten(value: dict, prefix: str = "") -> dict:
+    flat = {}
+    for key, inner in value.items():
+        flat.update(flatten(inner, f"{prefix}{key}.") if isinstance(inner, dict) else {f"{prefix}{key}": inner})
+    return flat
+
+
+def test_dvc_exp_show_leads_with_the_test_metrics(demo_repo):
+    shown = _run(["dvc", "exp", "show", "--csv"], demo_repo)
+    assert "failed to load" not in shown.stderr
+    header = next(csv.reader(io.StringIO(shown.stdout)))
+    metrics = header[header.index("parent") + 1 :]
+    first = metrics[: metrics.index("tp") + 1]  # reports/metrics.json's columns come first
+    assert set(TEST_METRICS) <= set(first)
+    assert "duplicates_removed" in metrics[len(first) :]
+    assert "bytes" not in header  # the fetch record is no metric
+
+
+def test_a_registered_version_leads_back_to_its_exact_data(demo_repo):
+    repo = demo_repo
+    store = f"sqlite:///{repo / 'mlflow.db'}"
+    client = MlflowClient(tracking_uri=store, registry_uri=store)
+    version = client.get_model_version_by_alias("crackcls", "champion")
+    run = client.get_run(version.run_id)
+
+    lock = yaml.safe_load((repo / "dvc.lock").read_text())
+    split_md5 = next(out["md5"] for out in lock["stages"]["split"]["outs"] if out["path"] == "data/split")
+    assert run.data.tags["dvc_split_md5"] == split_md5
+    exp_name = re.search(r"Ran experiment\(s\): (\S+)", (repo / "demo.log").read_text()).group(1)
+    assert run.data.tags["dvc_exp_name"] == exp_name
+    assert len(run.data.tags["dvc_lock_md5"]) == 32
+
+    inputs = {_context(i): i for i in run.inputs.dataset_inputs}
+    assert set(inputs) == {"training", "validation", "test"}
+    cache = repo / ".dvc" / "cache"
+    listing = {e["relpath"]: e["md5"] for e in json.loads(lineage.cache_file(cache, split_md5).read_text())}
+    for context, split in (("training", "train"), ("validation", "val"), ("test", "test")):
+        dataset_input = inputs[context]
+        dataset = dataset_input.dataset
+        assert dataset.digest == split_md5  # DVC's hash of data/split
+        assert dataset.name == f"data/split/{split}.csv"
+        assert json.loads(dataset.source)["uri"] == str(repo / "data" / "split" / f"{split}.csv")
+        file_md5 = {t.key: t.value for t in dataset_input.tags}["dvc_file_md5"]
+        assert listing[f"{split}.csv"] == file_md5
+        # the manifest, straight from DVC's cache, is the one in the workspace
+        cached = lineage.cache_file(cache, file_md5).read_bytes()
+        assert cached == (repo / "data" / "split" / f"{split}.csv").read_bytes()
+        assert json.loads(dataset.profile)["num_rows"] == cached.decode().count("\n") - 1
+
+
+def _context(dataset_input) -> str:  # noqa: ANN001 - an mlflow DatasetInput
+    return {t.key: t.value for t in dataset_input.tags}["mlflow.data.context"]
+
+
+def test_dir_hash_is_dvcs(demo_repo):
+    repo = demo_repo
+    lock = yaml.safe_load((repo / "dvc.lock").read_text())
+    for stage, path in (("split", "data/split"), ("fetch", "data/raw")):
+        recorded = next(out["md5"] for out in lock["stages"][stage]["outs"] if out["path"] == path)
+        assert lineage.dir_hash(repo / path) == recorded, path

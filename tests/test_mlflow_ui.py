@@ -1,4 +1,4 @@
-"""The MLflow UI, as a user sees it: runs, params, metrics and the registered model with its aliases.
+"""The MLflow UI, as a user sees it: the runs table first, params, metrics, data, the registered model.
 
 A tiny pipeline run fills a project store; ``mlflow ui`` serves it on 127.0.0.1;
 headless Chromium renders the React pages (``--virtual-time-budget`` lets the
@@ -125,6 +125,17 @@ def test_ui_shows_runs_params_metrics_and_the_registered_model(ui_store, ui_serv
     assert run_name == "compact_cnn-48px"
     profile = tmp_path / "chromium"
 
+    # What `make ui` links to: the training-runs table, not MLflow 3's GenAI overview.
+    first_view = render(
+        tracking.runs_url(ui_server, experiment_id),
+        tmp_path / "ui_first.png",
+        profile,
+        ["Runs - Experiment", run_name, "2 matching runs", "Dataset", "data/split/train.csv"],
+    )
+    assert first_view.startswith(f"Runs - Experiment {experiment_id}"), first_view[:300]  # the page title
+    assert "Token Usage" not in first_view and "Detect Issues" not in first_view
+    assert tracking.client().get_experiment(experiment_id).tags["mlflow.experimentKind"] == "custom_model_development"
+
     runs_page = render(
         f"{ui_server}/#/experiments/{experiment_id}/runs", tmp_path / "ui.png", profile, [run_name, "2 matching runs"]
     )
@@ -153,6 +164,6 @@ def test_ui_shows_runs_params_metrics_and_the_registered_model(ui_store, ui_serv
     assert models_page.index(f"Version {v1}") < models_page.index("@ champion")
     assert "backbone : compact_cnn" in models_page  # the version tag set at registration
 
-    for png in ("ui.png", "ui_run.png", "ui_model.png"):
+    for png in ("ui_first.png", "ui.png", "ui_run.png", "ui_model.png"):
         assert (tmp_path / png).read_bytes()[:4] == b"\x89PNG", png
     print(f"screenshots in {tmp_path}")
