@@ -8,7 +8,7 @@ import json
 import mlflow
 from conftest import run_pipeline_in_process
 
-from crackcls import manifest, tracking
+from crackcls import lineage, manifest, tracking
 
 
 def test_stages_produce_reports_and_register_a_challenger(tiny_project):
@@ -52,3 +52,12 @@ def test_stages_produce_reports_and_register_a_challenger(tiny_project):
     assert "evaluation/confusion_matrix.png" in artifacts
     version = client.get_model_version_by_alias("crackcls", "challenger")
     assert version.run_id == info["run_id"]
+    # the data it trained on: the three manifests, digest = DVC's hash of data/split
+    split_hash = lineage.dir_hash(tiny_project / "data/split")
+    inputs = {i.dataset.name: i for i in run.inputs.dataset_inputs}
+    assert set(inputs) == {f"data/split/{name}.csv" for name in manifest.SPLITS}
+    assert {i.dataset.digest for i in inputs.values()} == {split_hash} == {run.data.tags["dvc_split_md5"]}
+    train_tags = {t.key: t.value for t in inputs["data/split/train.csv"].tags}
+    assert train_tags["mlflow.data.context"] == "training"
+    assert train_tags["dvc_file_md5"] == lineage.file_md5(tiny_project / "data/split/train.csv")
+    assert "dvc_lock_md5" not in run.data.tags  # no dvc.lock outside DVC

@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import warnings
 from pathlib import Path
 
 from crackcls import manifest, paths
@@ -72,13 +73,16 @@ def log_split_lineage(workspace: Path) -> dict[str, str]:
     for split, context in CONTEXTS.items():
         path = manifest.manifest_path(split, split_dir)
         frame = pd.read_csv(path, dtype={"path": str, "label": "int64", "sha256": str})
-        dataset = mlflow.data.from_pandas(
-            frame,
-            source=str(source_dir / path.name),
-            targets="label",
-            name=f"{paths.SPLIT_DIR.as_posix()}/{path.name}",
-            digest=split_hash,
-        )
+        with warnings.catch_warnings():
+            # MLflow's hint about integer columns and missing values; labels are never missing
+            warnings.filterwarnings("ignore", message=r"Hint: Inferred schema contains integer column")
+            dataset = mlflow.data.from_pandas(
+                frame,
+                source=str(source_dir / path.name),
+                targets="label",
+                name=f"{paths.SPLIT_DIR.as_posix()}/{path.name}",
+                digest=split_hash,
+            )
         mlflow.log_input(dataset, context=context, tags={"dvc_file_md5": file_md5(path)})
     tags = run_tags(workspace, split_hash)
     mlflow.set_tags(tags)
