@@ -91,3 +91,10 @@ def test_a_stage_that_fails_shows_its_error_and_no_start_up_lines(tmp_path):
 def test_the_user_can_ask_for_every_line(tmp_path):
     result = run_python("import crackcls, sys; from crackcls import quiet; print(quiet.enabled())", tmp_path, TF_CPP_MIN_LOG_LEVEL="0")
     assert result.stdout.strip() == "False"
+
+
+def test_tensorflow_error_lines_are_hidden_only_without_a_gpu(tmp_path):
+    env = {k: v for k, v in subprocess_env().items() if k != "TF_CPP_MIN_LOG_LEVEL"}  # as a fresh shell has it
+    code = "import os, crackcls; print(os.environ['TF_CPP_MIN_LOG_LEVEL'])"
+    result = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, env=env, timeout=120)
+    assert result.stdout.strip() == ("2" if quiet.has_nvidia_device() else "3")

@@ -70,12 +70,13 @@ def log_split_lineage(workspace: Path) -> dict[str, str]:
     split_dir = workspace / paths.SPLIT_DIR
     split_hash = dir_hash(split_dir)
     source_dir = paths.project_root(workspace) / paths.SPLIT_DIR  # not DVC's temporary copy
-    for split, context in CONTEXTS.items():
-        path = manifest.manifest_path(split, split_dir)
-        frame = pd.read_csv(path, dtype={"path": str, "label": "int64", "sha256": str})
-        with warnings.catch_warnings():
-            # MLflow's hint about integer columns and missing values; labels are never missing
-            warnings.filterwarnings("ignore", message=r"Hint: Inferred schema contains integer column")
+    with warnings.catch_warnings():
+        # MLflow's hints, not problems: labels are never missing, and a local path is a local file
+        warnings.filterwarnings("ignore", message=r"Hint: Inferred schema contains integer column")
+        warnings.filterwarnings("ignore", message=r"The specified dataset source can be interpreted in multiple ways")
+        for split, context in CONTEXTS.items():
+            path = manifest.manifest_path(split, split_dir)
+            frame = pd.read_csv(path, dtype={"path": str, "label": "int64", "sha256": str})
             dataset = mlflow.data.from_pandas(
                 frame,
                 source=str(source_dir / path.name),
@@ -83,7 +84,7 @@ def log_split_lineage(workspace: Path) -> dict[str, str]:
                 name=f"{paths.SPLIT_DIR.as_posix()}/{path.name}",
                 digest=split_hash,
             )
-        mlflow.log_input(dataset, context=context, tags={"dvc_file_md5": file_md5(path)})
+            mlflow.log_input(dataset, context=context, tags={"dvc_file_md5": file_md5(path)})
     tags = run_tags(workspace, split_hash)
     mlflow.set_tags(tags)
     return tags

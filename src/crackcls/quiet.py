@@ -7,7 +7,8 @@ TensorFlow is first imported and looks for devices, file descriptor 2 goes to a
 temporary file; afterwards every line except the known start-up lines is written
 back to stderr, so real warnings and errors still show (later, not lost). GPU
 lines are only dropped when the machine has no NVIDIA device, where they cannot
-matter. ``TF_CPP_MIN_LOG_LEVEL=0`` (or 1) set by the user turns the filter off.
+matter. After start-up, ``TF_CPP_MIN_LOG_LEVEL`` (:func:`default_log_level`) applies.
+``TF_CPP_MIN_LOG_LEVEL=0`` (or 1) set by the user turns all of this off.
 
 Pure standard library: importing it costs nothing, and TensorFlow itself is only
 imported when some module asks for it.
@@ -53,6 +54,16 @@ def drop_noise(text: bytes, gpu_present: bool | None = None) -> bytes:
     pattern = noise_pattern(has_nvidia_device() if gpu_present is None else gpu_present)
     kept = [line for line in text.splitlines(keepends=True) if not pattern.fullmatch(line.rstrip(b"\r\n"))]
     return b"".join(kept)
+
+
+def default_log_level() -> str:
+    """TensorFlow's C++ log level: errors too are hidden on a CPU machine, kept where a GPU is.
+
+    On a CPU machine TensorFlow's C++ error lines are notices (oneDNN's float16 fallback,
+    graph attributes its own Python adds); a real failure raises a Python exception that
+    carries the message. Where a GPU is, an error line may be the only word on a driver problem.
+    """
+    return "2" if has_nvidia_device() else "3"
 
 
 def enabled() -> bool:
