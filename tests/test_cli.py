@@ -22,13 +22,13 @@ def test_top_level_help_is_plain_text_with_every_command_and_examples(capsys):
     text = help_text(capsys=capsys)
     assert "``" not in text and ":func:" not in text  # no reStructuredText markup
     assert text.startswith("usage: crackcls [-h] <command> ...")
-    for command in ("stage", "evaluate", "promote", "predict", "ui-link"):
+    for command in ("stage", "evaluate", "promote", "predict", "scan", "ui-link"):
         assert f"\n    {command} " in text, command
     assert "examples:\n  crackcls predict photos/" in text  # kept as written, not re-wrapped
     assert "crackcls <command> --help" in text
 
 
-@pytest.mark.parametrize("command", ["predict", "evaluate", "promote", "stage", "ui-link"])
+@pytest.mark.parametrize("command", ["predict", "scan", "evaluate", "promote", "stage", "ui-link"])
 def test_command_help_is_plain_text(command, capsys):
     text = help_text(command, capsys=capsys)
     assert text.startswith(f"usage: crackcls {command}")

@@ -20,6 +20,7 @@ EPILOG = """\
 examples:
   crackcls predict photos/ 'site-7/**/*.jpg'       label images with the @champion model
   crackcls predict photos/ --explain gradcam/      ... and write a Grad-CAM overlay per image
+  crackcls scan site-7/ --overlay scans/           find crack regions in whole photos, tile by tile
   crackcls evaluate --data /path/to/labelled       score models/model.keras on Positive/ + Negative/
   crackcls promote                                 crown @challenger if it beats @champion
   crackcls ui-link                                 the MLflow UI address that opens on the runs
