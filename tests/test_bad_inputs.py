@@ -8,7 +8,7 @@ import shutil
 from pathlib import Path
 
 import numpy as np
-from conftest import REPO_ROOT, TINY_PARAMS, deep_merge, run_pipeline_in_process, write_params
+from conftest import REPO_ROOT, TINY_PARAMS, deep_merge, pretrained_params, run_pipeline_in_process, write_params
 from PIL import Image
 
 
@@ -44,7 +44,9 @@ def test_split_and_training_count_and_list_bad_files(tiny_project):
             shutil.copy(image, photos / label / image.name)
     valid_extra = odd_but_valid_images(photos / "Negative")
     rejected = broken_files(photos / "Positive")
-    write_params(tiny_project, deep_merge(TINY_PARAMS, {"data": {"source": str(photos)}}))
+    # The pretrained path, so the feature cache records which training images decoded.
+    frozen = pretrained_params(tiny_project.parent / "weights", "mobilenet_v2", 48)
+    write_params(tiny_project, deep_merge(deep_merge(TINY_PARAMS, {"data": {"source": str(photos)}}), frozen))
 
     run_pipeline_in_process(tiny_project)
 
