@@ -2,6 +2,7 @@
 
     python bench/run.py                      # full run (shared 4,000-image sample, 224 px)
     python bench/run.py --quick              # a smoke run on the bundled sample
+    python bench/run.py --trust              # only e.: intervals, recall threshold, calibration, familiarity
 
 Each part runs in its own subprocess so its peak RSS is its own. Results are
 printed as a table and written to bench/results/bench.json.
@@ -26,6 +27,11 @@ c. Split: seconds for the split stage on 40,000 files (copies of the sample with
    a few unique trailing bytes each, so they stay distinct).
 d. Memory: peak RSS of the training and prediction subprocesses, and of
    ``crackcls predict <folder> --model <file>`` as a user runs it.
+e. Trust (``--trust``): the from-scratch model (``--trust-backbone``, ``weights: none``)
+   trained with ``evaluate.target_recall: 0.99`` and evaluated with the painted-wall
+   photos as an extra set: test recall and precision at the validation-chosen threshold
+   with their 95% intervals, ECE before and after temperature scaling, the familiarity
+   AUROC (test split vs painted wall) and the share of test images flagged unfamiliar.
 f. Scan: tiles/s while scanning 4032 x 3024 JPEGs (mosaics of sample patches) against the
    raw forward rate of the same model on in-memory tensors, and seconds per photo, for
    each ``--scan-backbones`` entry (untrained weights: speed does not depend on them).
@@ -54,6 +60,7 @@ import yaml
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_SAMPLE = REPO_ROOT.parent / "shared" / "data" / "concrete-crack-sample"
+PAINTED_WALL = REPO_ROOT.parent / "shared" / "data" / "other-surfaces" / "painted-wall"
 RESULTS = REPO_ROOT / "bench" / "results"
 
 
@@ -521,6 +528,48 @@ def run_scan_parts(args: argparse.Namespace, data: Path, scratch: Path) -> dict:
     return results
 
 
+def part_trust(project: Path, backbone: str, target_recall: float, extra: list[str]) -> dict:
+    """The whole pipeline from scratch with a recall target; the trust figures from reports/metrics.json."""
+    from crackcls.config import load_config
+    from crackcls.stages import evaluate, features, fetch, split, train
+
+    os.chdir(project)
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    params["model"].update({"backbone": backbone, "weights": "none"})
+    params["evaluate"].update({"target_recall": target_recall, "extra_sets": extra})
+    (project / "params.yaml").write_text(yaml.safe_dump(params))
+    config = load_config(project / "params.yaml")
+    started = time.perf_counter()
+    for stage in (fetch, split, features, train, evaluate):
+        stage.run(config, project)
+    metrics = json.loads((project / "reports/metrics.json").read_text())
+    decision = json.loads((project / "models/model.decision.json").read_text())
+    return {"wall_s": round(time.perf_counter() - started, 1), "backbone": backbone, "metrics": metrics, "decision": decision}
+
+
+def trust_table(trust: dict) -> str:
+    m = trust["metrics"]
+
+    def ci(name: str, metrics: dict = m) -> str:
+        return f"{metrics[name]:.3f} [{metrics[name + '_ci_low']:.3f}, {metrics[name + '_ci_high']:.3f}]"
+
+    rows = [
+        "| figure | measured | target |",
+        "|---|---|---|",
+        f"| e. Test recall at the validation-chosen threshold ({m['threshold']:.4g}, target {m['target_recall']}) "
+        f"| **{ci('recall')}**, precision {ci('precision')} (n={m['n']}) | ≥ 0.98 |",
+        f"| e. Expected calibration error, test split | {m['ece_uncalibrated']:.4f} before, **{m['ece']:.4f}** after "
+        f"(T={m['temperature']:.3f}) | ≤ 0.02 |",
+        f"| e. Test images flagged unfamiliar | **{m['unfamiliar']} of {m['n']} ({100 * m['unfamiliar_fraction']:.1f}%)** | ≤ 2% |",
+    ]
+    for name, extra in (m.get("extra_sets") or {}).items():
+        rows.append(
+            f"| e. Familiarity AUROC, test split vs {name} | **{extra['familiarity_auroc']:.4f}**; flags "
+            f"{extra['unfamiliar']} of {extra['n']}; recall there {ci('recall', extra)} | ≥ 0.95 |"
+        )
+    return "\n".join(rows)
+
+
 # ---------------------------------------------------------------- driver
 def table(results: dict) -> str:
     rows = ["| benchmark | measured | target |", "|---|---|---|"]
@@ -575,6 +624,9 @@ def main() -> None:
     parser.add_argument("--predict-images", type=int, default=1000)
     parser.add_argument("--split-copies", type=int, default=10)
     parser.add_argument("--out", type=Path, default=RESULTS / "bench.json")
+    parser.add_argument("--trust", action="store_true", help="run only part e (trust figures)")
+    parser.add_argument("--trust-backbone", default="compact_cnn")
+    parser.add_argument("--target-recall", type=float, default=0.99)
     parser.add_argument("--scan-backbones", nargs="+", default=["compact_cnn:96", "mobilenet_v2:224"], metavar="BACKBONE:SIZE",
                         help="models timed while scanning 12 MP photos")  # fmt: skip
     parser.add_argument("--scan-photos", type=int, default=4, help="12 MP photos scanned per timing")
@@ -600,6 +652,10 @@ def main() -> None:
             "predict": lambda: part_predict(args.project, args.predict_images, args.batch),
             "predict_command": lambda: part_predict_command(args.project, args.predict_images),
             "split": lambda: part_split(args.data, args.work, args.split_copies),
+            "trust": lambda: part_trust(
+                args.project, args.trust_backbone, args.target_recall,
+                [str(PAINTED_WALL)] if (PAINTED_WALL / "Positive").is_dir() else [],
+            ),
             "scan_speed": lambda: part_scan_speed(args.scan_backbone, args.size, args.data, args.work, args.scan_photos, args.batch),
             "big_photo": lambda: part_big_photo(args.data, args.work, args.megapixels),
             "scan_memory": lambda: part_scan_memory(args.photo, args.scan_backbone, args.size),
@@ -614,6 +670,23 @@ def main() -> None:
         args.scratch_size, args.scratch_epochs, args.frozen_epochs = 48, 2, 2
     data = args.data or (SHARED_SAMPLE if (SHARED_SAMPLE / "Positive").is_dir() else REPO_ROOT / "sample")
     scratch = Path(tempfile.mkdtemp(prefix="crackcls-bench-"))
+    if args.trust:
+        try:
+            project = make_project(scratch / "project", data, args.scratch_size, args.scratch_epochs, args.batch)
+            trust = run_part(
+                "trust", "--project", str(project), "--trust-backbone", args.trust_backbone,
+                "--target-recall", str(args.target_recall),
+            )
+            trust["table"] = trust_table(trust)
+            out = args.out.with_name("trust.json")
+            out.parent.mkdir(parents=True, exist_ok=True)
+            out.write_text(json.dumps(trust, indent=2))
+            print(trust["table"])
+            print(f"\n{trust['backbone']}, {args.scratch_size} px, {args.scratch_epochs} epochs; pipeline {trust['wall_s']} s, "
+                  f"peak RSS {trust['peak_rss_mb']} MB; written: {out}")
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
+        return
     if args.parts == ["scan"]:  # no training project needed
         try:
             scan = run_scan_parts(args, data, scratch)

@@ -132,10 +132,15 @@ def tiny_project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 
 @contextlib.contextmanager
-def trained_tiny_project(tmp_path_factory: pytest.TempPathFactory, name: str) -> Iterator[Path]:
-    """One pipeline run on a tiny project (model registered as @challenger), for a module-scoped fixture."""
+def trained_tiny_project(tmp_path_factory: pytest.TempPathFactory, name: str, params: dict | None = None) -> Iterator[Path]:
+    """One pipeline run on a tiny project (model registered as @challenger), for a module-scoped fixture.
+
+    ``params`` overrides TINY_PARAMS (deep-merged).
+    """
     with pytest.MonkeyPatch.context() as patch:
         project = build_tiny_project(tmp_path_factory.mktemp(name) / "project")
+        if params:
+            write_params(project, deep_merge(TINY_PARAMS, params))
         use_project_store(patch, project)
         run_pipeline_in_process(project)
         yield project

@@ -63,6 +63,9 @@ def test_demo_writes_dvc_metrics_and_plots(demo_repo):
         assert (demo_repo / "reports" / name).stat().st_size > 0
     plots = _run(["dvc", "plots", "show", "--json"], demo_repo).stdout
     assert "reports/predictions.csv" in plots and "confusion" in plots
+    assert '"accuracy_ci_low"' in shown and '"ece"' in shown
+    assert "reports/reliability.csv" in plots
+    assert "## Intended use" in (demo_repo / "reports/model_card.md").read_text()
 
 
 def test_demo_tracks_the_run_and_crowns_a_champion(demo_repo):

@@ -667,7 +667,8 @@ def test_promote_refuses_a_worse_challenger_and_keeps_the_champion(in_promoted, 
         cli.main(["promote"])
     out = capsys.readouterr().out
     assert caught.value.code == 1, out
-    assert "REFUSED" in out and f"challenger v{worse_version}: 0.0000" in out
+    assert "REFUSED" in out and f"challenger v{worse_version}: f1 0.0000" in out
+    assert "only the challenger gets right" in out and "McNemar p=" in out
 
     client = tracking.client()
     assert client.get_model_version_by_alias("crackcls", "champion").version == champion_before
@@ -675,6 +676,8 @@ def test_promote_refuses_a_worse_challenger_and_keeps_the_champion(in_promoted, 
     assert tags["promotion_decision"] == "refused"
     assert tags["promotion_f1"] == "0.0000"
     assert "needs an improvement" in tags["promotion_reason"]
+    assert int(tags["promotion_only_champion_right"]) > int(tags["promotion_only_challenger_right"])
+    assert float(tags["promotion_mcnemar_p"]) <= 1.0 and tags["promotion_f1_ci95"].startswith("[")
 
 
 def test_promote_unknown_version_is_a_clear_error(in_promoted, capsys):

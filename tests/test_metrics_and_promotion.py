@@ -34,6 +34,11 @@ def test_threshold_moves_the_decision():
     assert classification_metrics(y_true, y_prob, 0.3)["fp"] == 1
 
 
+def test_a_saturated_probability_meets_a_threshold_of_one_as_predict_labels_it():
+    m = classification_metrics(np.array([1, 0]), np.array([1.0, 0.2]), threshold=1.0)
+    assert (m["tp"], m["tn"]) == (1, 1)
+
+
 def test_single_class_gives_undefined_auc_that_json_turns_into_null():
     m = classification_metrics(np.array([1, 1]), np.array([0.9, 0.2]))
     assert math.isnan(m["roc_auc"])

@@ -83,13 +83,14 @@ def test_formats_and_output_file(project, odd_files, capsys, tmp_path):
     code, out, err = run_cli(capsys, str(odd_files), "--model", KERAS_FILE)
     assert code == 0
     header, *lines = out.splitlines()
-    assert header.split() == ["path", "label", "crack_probability", "threshold"] and len(lines) == 2
+    assert header.split() == ["path", "label", "crack_probability", "threshold", "familiarity", "unfamiliar"]
+    assert len(lines) == 2
     assert "2 images predicted with models/model.keras" in err
 
     code, out, _ = run_cli(capsys, str(odd_files), "--model", KERAS_FILE, "--format", "json")
     rows = json.loads(out)
     assert [Path(r["path"]).relative_to(odd_files).as_posix() for r in rows] == ["nested/deeper/photo.jpg", "photo.jpg"]
-    assert set(rows[0]) == {"path", "label", "crack_probability", "threshold"}
+    assert set(rows[0]) == {"path", "label", "crack_probability", "threshold", "familiarity", "unfamiliar"}
 
     code, out, _ = run_cli(capsys, str(odd_files), "--model", KERAS_FILE, "--format", "csv")
     from_csv = list(csv.DictReader(io.StringIO(out)))

@@ -74,6 +74,8 @@ def test_served_model_matches_crackcls_predict(project, server, monkeypatch):
         assert row["label"] == local.label
         assert row["crack_probability"] == pytest.approx(local.crack_probability, abs=1e-4)
         assert row["threshold"] == local.threshold == 0.5
+        assert row["familiarity"] == pytest.approx(local.familiarity, rel=1e-4)
+        assert row["unfamiliar"] is local.unfamiliar
 
 
 def test_an_unreadable_image_gets_an_error_row_not_a_failed_request(server):
@@ -89,7 +91,10 @@ def test_an_unreadable_image_gets_an_error_row_not_a_failed_request(server):
     assert response.status_code == 200, response.text
     good, random_bytes, not_base64 = response.json()["predictions"]
     assert good["error"] is None and good["label"] in ("crack", "no_crack")
-    assert random_bytes == {"label": None, "crack_probability": None, "threshold": 0.5, "error": "not an image"}
+    assert random_bytes == {
+        "label": None, "crack_probability": None, "threshold": 0.5, "familiarity": None, "unfamiliar": None,
+        "error": "not an image",
+    }
     assert not_base64["error"] == "not base64" and not_base64["label"] is None
 
 

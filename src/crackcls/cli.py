@@ -61,9 +61,17 @@ def _promote(args: argparse.Namespace) -> int:
     from crackcls.jobs import promote
 
     outcome = promote.run(args.version)
-    champion = "none" if outcome.champion_score is None else f"{outcome.champion_score:.4f}"
-    print(f"challenger v{outcome.challenger_version}: {outcome.challenger_score:.4f}")
-    print(f"champion   v{outcome.champion_version or '-'}: {champion}")
+    for role, version, metrics in (
+        ("challenger", outcome.challenger_version, outcome.challenger_metrics),
+        ("champion", outcome.champion_version, outcome.champion_metrics),
+    ):
+        print(f"{role:<10} v{version or '-'}: {promote.describe(metrics)}")
+    if outcome.paired is not None:
+        paired = outcome.paired
+        print(
+            f"disagreements: {paired.challenger_only} only the challenger gets right, "
+            f"{paired.champion_only} only the champion; exact McNemar p={paired.p_value:.4g}"
+        )
     print(("PROMOTED: " if outcome.decision.promote else "REFUSED: ") + outcome.decision.reason)
     already = outcome.champion_version == outcome.challenger_version
     return 0 if outcome.decision.promote or already else 1

@@ -172,6 +172,8 @@ class TrainConfig(_Section):
 
 class EvaluateConfig(_Section):
     threshold: float = Field(default=0.5, gt=0, lt=1)
+    # set: the threshold is chosen on the validation split to reach this recall (crackcls.thresholds)
+    target_recall: float | None = Field(default=None, gt=0, le=1)
     batch_size: int = Field(default=64, gt=0)
     extra_sets: list[str] = []
 
@@ -190,6 +192,8 @@ class RegistryConfig(_Section):
     model_name: str = Field(default="crackcls", min_length=1)
     promote_metric: PromoteMetric = "f1"
     min_improvement: float = Field(default=0.0, ge=0)
+    # exact McNemar p-value the challenger must beat; 1.0 turns the paired test off
+    max_p_value: float = Field(default=0.05, gt=0, le=1)
 
 
 class MlflowConfig(_Section):

@@ -22,7 +22,7 @@ import mlflow
 import numpy as np
 import tensorflow as tf
 
-from crackcls import atomic, paths, plots, progress
+from crackcls import atomic, companions, familiarity, intervals, paths, plots, progress
 from crackcls.data import image_dataset
 from crackcls.errors import CrackclsError
 from crackcls.images import SkipReport, UnreadableImage, iter_images, load_rgb
@@ -39,6 +39,12 @@ class Evaluation:
     y_prob: np.ndarray
     threshold: float
     skipped: SkipReport = field(default_factory=SkipReport)
+    familiarity: np.ndarray | None = None  # per kept image; None when the model has no density
+
+    @property
+    def correct(self) -> np.ndarray:
+        """Per image: does the label at ``threshold`` match the truth?"""
+        return (self.y_prob >= self.threshold).astype(int) == self.y_true
 
 
 def model_input_size(model: keras.Model) -> int:
@@ -63,13 +69,25 @@ def label_for(probability: float, threshold: float) -> str:
 _FORWARD: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
-def forward_pass(model: keras.Model) -> Callable:
-    forward = _FORWARD.get(model)
+def forward_pass(model: keras.Model, with_features: bool = False) -> Callable:
+    """``images → probabilities``, or ``images → (probabilities, familiarity features)``."""
+    traced = _FORWARD.setdefault(model, {})
+    forward = traced.get(with_features)
     if forward is None:
-        weak = weakref.ref(model)  # a strong reference here would keep every model alive
-        forward = tf.function(lambda images: weak()(images, training=False), reduce_retracing=True)
-        _FORWARD[model] = forward
+        if with_features:  # the familiarity features come from the same pass: no second forward
+            both = familiarity.feature_model(model)
+            if both is None:
+                raise CrackclsError(f"model '{model.name}' has no layer to take familiarity features from")
+            forward = tf.function(lambda images: both(images, training=False), reduce_retracing=True)
+        else:
+            weak = weakref.ref(model)  # a strong reference here would keep every model alive
+            forward = tf.function(lambda images: weak()(images, training=False), reduce_retracing=True)
+        traced[with_features] = forward
     return forward
+
+
+def has_pool_layer(model: keras.Model) -> bool:
+    return any(layer.name == familiarity.POOL_LAYER for layer in model.layers)
 
 
 def predict_files(
@@ -83,18 +101,36 @@ def predict_files(
 
     ``progress`` is called with the number of files in each finished batch.
     """
+    probs, flags, _ = predict_with_features(model, files, batch_size, base, progress, with_features=False)
+    return probs, flags
+
+
+def predict_with_features(
+    model: keras.Model,
+    files: Sequence[str | Path],
+    batch_size: int,
+    base: Path | None = None,
+    progress: Callable[[int], object] | None = None,
+    with_features: bool = True,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """:func:`predict_files` plus the familiarity features of each file (``None`` without ``with_features``)."""
     size = model_input_size(model)
     ds = image_dataset(files, None, size, batch_size, base=base, keep_flags=True)
-    forward = forward_pass(model)
-    probs, flags = [], []
+    forward = forward_pass(model, with_features)
+    probs, flags, pooled = [], [], []
     for images, ok in ds:
-        probs.append(forward(images).numpy().reshape(-1))
+        out = forward(images)
+        if with_features:
+            out, features = out
+            pooled.append(np.asarray(features, np.float32))
+        probs.append(np.asarray(out).reshape(-1))
         flags.append(ok.numpy())
         if progress is not None:
             progress(len(flags[-1]))
     if not probs:
-        return np.zeros(0, np.float32), np.zeros(0, bool)
-    return np.concatenate(probs), np.concatenate(flags)
+        empty = np.zeros((0, 0), np.float32) if with_features else None
+        return np.zeros(0, np.float32), np.zeros(0, bool), empty
+    return np.concatenate(probs), np.concatenate(flags), np.concatenate(pooled) if with_features else None
 
 
 @dataclass
@@ -103,6 +139,7 @@ class Scores:
 
     probabilities: np.ndarray  # NaN where the file could not be read
     reasons: list[str | None]  # why a file was skipped (an images.REASONS entry); None if scored
+    familiarity: np.ndarray | None = None  # crackcls.familiarity score (NaN where skipped); None without a density
 
 
 def score_files(
@@ -117,13 +154,15 @@ def score_files(
     The decoding pipeline only says *that* a file failed; each failure is decoded once
     more on its own to say *why* (failures are rare, so this costs nothing in bulk).
     """
+    density = companions.of(model).familiarity if has_pool_layer(model) else None
     if not files:
-        return Scores(np.zeros(0), [])
-    probs, ok = predict_files(model, files, batch_size, base, progress)
+        return Scores(np.zeros(0), [], None if density is None else np.zeros(0))
+    probs, ok, features = predict_with_features(model, files, batch_size, base, progress, density is not None)
     size = model_input_size(model)
     root = base or paths.workspace_root()
     reasons = [None if good else unreadable_reason(paths.resolve(f, root), size) for f, good in zip(files, ok)]
-    return Scores(np.where(ok, probs, np.nan).astype(np.float64), reasons)
+    familiar = None if density is None else np.where(ok, density.score(features), np.nan)
+    return Scores(np.where(ok, probs, np.nan).astype(np.float64), reasons, familiar)
 
 
 def unreadable_reason(path: str | Path, size: int) -> str:
@@ -152,9 +191,10 @@ def evaluate_items(
         raise CrackclsError("no image could be read; see the skipped list")
     y_true = np.asarray([it.label for it in kept], int)
     y_prob = scores.probabilities[ok]
-    return Evaluation(
-        classification_metrics(y_true, y_prob, threshold), [it.path for it in kept], y_true, y_prob, threshold, skipped
-    )
+    metrics = classification_metrics(y_true, y_prob, threshold)
+    metrics.update(intervals.metric_intervals(y_true, y_prob, metrics, threshold))
+    familiar = None if scores.familiarity is None else scores.familiarity[ok]
+    return Evaluation(metrics, [it.path for it in kept], y_true, y_prob, threshold, skipped, familiar)
 
 
 def labelled_folder(folder: Path) -> list[Item]:
@@ -206,7 +246,12 @@ def write_reports(result: Evaluation, out_dir: Path, extra: dict | None = None) 
         }
         for p, t, y, prob in zip(result.paths, result.y_true, y_pred, result.y_prob)
     ]
-    atomic.write_text(out["predictions"], csv_text(predictions, ["path", "actual", "predicted", "crack_probability"]))
+    columns = ["path", "actual", "predicted", "crack_probability"]
+    if result.familiarity is not None:
+        columns.append("familiarity")
+        for row, score in zip(predictions, result.familiarity):
+            row["familiarity"] = f"{score:.4f}"
+    atomic.write_text(out["predictions"], csv_text(predictions, columns))
     both = len(np.unique(result.y_true)) == 2
     roc = roc_points(result.y_true, result.y_prob) if both else []
     pr = pr_points(result.y_true, result.y_prob) if both else []

@@ -15,10 +15,11 @@ def classification_metrics(y_true: np.ndarray, y_prob: np.ndarray, threshold: fl
     ``None`` by the caller's JSON, so here it becomes ``float('nan')`` only in memory.
     """
     y_true = np.asarray(y_true, dtype=int)
-    y_prob = np.clip(np.asarray(y_prob, dtype=float), 1e-7, 1 - 1e-7)
-    if y_true.shape != y_prob.shape or y_true.ndim != 1 or y_true.size == 0:
+    raw = np.asarray(y_prob, dtype=float)
+    if y_true.shape != raw.shape or y_true.ndim != 1 or y_true.size == 0:
         raise ValueError("y_true and y_prob must be equal-length, non-empty 1-D arrays")
-    y_pred = (y_prob >= threshold).astype(int)
+    y_pred = (raw >= threshold).astype(int)  # the unclipped probability, as predict labels it
+    y_prob = np.clip(raw, 1e-7, 1 - 1e-7)  # clipped for the log loss only
     tn, fp, fn, tp = skm.confusion_matrix(y_true, y_pred, labels=[0, 1]).ravel()
     both_classes = len(np.unique(y_true)) == 2
     return {

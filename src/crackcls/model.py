@@ -27,7 +27,7 @@ from typing import Callable, Iterable
 import keras
 from keras import layers, ops
 
-from crackcls import paths
+from crackcls import companions, paths
 from crackcls.config import ModelConfig, TrainConfig
 from crackcls.errors import CrackclsError
 
@@ -290,14 +290,19 @@ def learning_rate_schedule(
 
 
 def load_model_file(path: str | Path) -> keras.Model:
-    """Load a ``.keras`` file in safe mode: a Lambda layer is refused, never executed."""
+    """Load a ``.keras`` file in safe mode: a Lambda layer is refused, never executed.
+
+    The files stored beside it (:mod:`crackcls.companions`) are attached to the model.
+    """
     path = Path(path)
     if not path.is_file():
         raise CrackclsError(f"model file {path} not found")
     try:
-        return keras.saving.load_model(str(path), safe_mode=True, compile=False)
+        model = keras.saving.load_model(str(path), safe_mode=True, compile=False)
     except Exception as exc:  # Keras raises many types for bad files; all mean the same here
         raise CrackclsError(
             f"cannot load model {path}: {exc.__class__.__name__}: {str(exc).splitlines()[0] if str(exc) else ''}. "
             "The file is corrupt, not a Keras model, or needs unsafe code (Lambda layers are refused)."
         ) from None
+    companions.attach(model, companions.read(path))  # its threshold and familiarity density, if stored
+    return model

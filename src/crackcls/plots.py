@@ -52,3 +52,19 @@ def roc_and_pr(y_true: np.ndarray, y_prob: np.ndarray, target: str | os.PathLike
     axes[0].set_title("ROC")
     axes[1].set_title("Precision-recall")
     _save(fig, target)
+
+
+def reliability_diagram(curves: Mapping[str, Sequence[Mapping[str, float]]], target: str | os.PathLike[str]) -> None:
+    """Observed crack rate against mean predicted probability per bin; on the diagonal is calibrated."""
+    fig, ax = plt.subplots(figsize=(5, 5))
+    ax.plot([0, 1], [0, 1], ":", color="grey", label="perfectly calibrated")
+    for label, rows in curves.items():
+        ax.plot([r["predicted"] for r in rows], [r["observed"] for r in rows], marker="o", label=label)
+    ax.set_xlabel("mean predicted crack probability")
+    ax.set_ylabel("observed share of cracks")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.set_title("Reliability (test split)")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    _save(fig, target)

@@ -1,12 +1,20 @@
-"""Pure promotion rule: when may a challenger replace the champion?"""
+"""Pure promotion rule: when may a challenger replace the champion?
+
+Two conditions, both checkable by hand: the challenger's ``promote_metric`` beats the
+champion's by at least ``min_improvement``, and an exact McNemar test on the images
+the two models disagree about says the difference is unlikely to be luck.
+"""
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
 
+import numpy as np
+from scipy.stats import binomtest
 
 FLOAT_TOLERANCE = 1e-12
+NO_TEST = 1.0  # registry.max_p_value at 1.0 turns the paired test off
 
 
 @dataclass(frozen=True)
@@ -15,8 +23,45 @@ class Decision:
     reason: str
 
 
-def decide(challenger: float, champion: float | None, min_improvement: float, metric: str) -> Decision:
-    """Promote when there is no champion, or the challenger is better by ``min_improvement``.
+@dataclass(frozen=True)
+class McNemar:
+    """Paired comparison on the same images: who is right where the two models disagree."""
+
+    challenger_only: int  # images only the challenger labels correctly
+    champion_only: int  # images only the champion labels correctly
+    p_value: float  # exact two-sided McNemar (binomial test on the discordant pairs)
+
+    @property
+    def discordant(self) -> int:
+        return self.challenger_only + self.champion_only
+
+
+def mcnemar(challenger_correct: np.ndarray, champion_correct: np.ndarray) -> McNemar:
+    """Exact McNemar test: under "equally good", each disagreement is a fair coin toss."""
+    a = np.asarray(challenger_correct, bool)
+    b = np.asarray(champion_correct, bool)
+    if a.shape != b.shape or a.ndim != 1:
+        raise ValueError("both models must be scored on the same images")
+    return mcnemar_from_counts(int(np.sum(a & ~b)), int(np.sum(~a & b)))
+
+
+def mcnemar_from_counts(challenger_only: int, champion_only: int) -> McNemar:
+    n = challenger_only + champion_only
+    p = 1.0 if n == 0 else float(binomtest(min(challenger_only, champion_only), n, 0.5).pvalue)
+    return McNemar(challenger_only, champion_only, min(p, 1.0))
+
+
+def decide(
+    challenger: float,
+    champion: float | None,
+    min_improvement: float,
+    metric: str,
+    paired: McNemar | None = None,
+    max_p_value: float = NO_TEST,
+) -> Decision:
+    """Promote when there is no champion, or the challenger is better by ``min_improvement``
+    and (unless ``max_p_value`` is 1) its disagreements with the champion favour it with
+    McNemar p < ``max_p_value``.
 
     "Better" is strict: a tie never moves the alias, so equal models do not churn it.
     """
@@ -27,10 +72,21 @@ def decide(challenger: float, champion: float | None, min_improvement: float, me
     if math.isnan(champion):
         return Decision(True, f"champion {metric} is undefined; challenger {metric}={challenger:.4f}")
     gain = challenger - champion
-    if gain > 0 and gain >= min_improvement - FLOAT_TOLERANCE:
-        return Decision(True, f"challenger {metric}={challenger:.4f} beats champion {champion:.4f} by {gain:+.4f}")
-    return Decision(
-        False,
-        f"challenger {metric}={challenger:.4f} vs champion {champion:.4f} ({gain:+.4f}); "
-        f"needs an improvement of at least {min_improvement:g}",
+    if not (gain > 0 and gain >= min_improvement - FLOAT_TOLERANCE):
+        return Decision(
+            False,
+            f"challenger {metric}={challenger:.4f} vs champion {champion:.4f} ({gain:+.4f}); "
+            f"needs an improvement of at least {min_improvement:g}",
+        )
+    better = f"challenger {metric}={challenger:.4f} beats champion {champion:.4f} by {gain:+.4f}"
+    if max_p_value >= NO_TEST:
+        return Decision(True, better + " (paired test off)")
+    if paired is None:
+        raise ValueError("max_p_value < 1 needs the paired McNemar result")
+    evidence = (
+        f"disagreements {paired.challenger_only} for the challenger, {paired.champion_only} for the champion, "
+        f"McNemar p={paired.p_value:.4g}"
     )
+    if paired.challenger_only > paired.champion_only and paired.p_value < max_p_value:
+        return Decision(True, f"{better}; {evidence} < {max_p_value:g}")
+    return Decision(False, f"{better}, but that may be luck: {evidence}; needs p < {max_p_value:g}")

@@ -6,9 +6,11 @@ the registered version. So ``mlflow models serve -m models:/crackcls@champion`` 
 
     {"dataframe_records": [{"image": "<base64 of a .jpg/.png/... file>"}]}
 
-and answers one row per image with ``label``, ``crack_probability``, ``threshold`` and
-``error`` (set, with label and probability empty, for an image that cannot be read: one
-bad file never fails the whole request). A request may pass ``"params": {"threshold": t}``.
+and answers one row per image with ``label``, ``crack_probability`` (calibrated),
+``threshold`` (the one stored with the model), ``familiarity`` and ``unfamiliar``
+(:mod:`crackcls.familiarity`) and ``error`` (set, with the others empty, for an image that
+cannot be read: one bad file never fails the whole request). A request may pass
+``"params": {"threshold": t}``.
 
 With ``"params": {"scan": true}`` each image is a whole photo, scanned tile by tile as
 ``crackcls scan`` does (``tile`` and ``stride`` may be passed too; 0 means the default):
@@ -42,13 +44,14 @@ from mlflow.models import infer_signature
 from mlflow.models.model import ModelInfo
 from PIL import Image
 
+from crackcls import companions
 from crackcls.evaluation import label_for, score_files
 from crackcls.images import SkipReport
 from crackcls.scan import DEFAULT_TILE, ScanSettings, scan_files
 from crackcls.model import load_model_file
 
 IMAGE_COLUMN = "image"
-OUTPUT_COLUMNS = ("label", "crack_probability", "threshold", "error")
+OUTPUT_COLUMNS = ("label", "crack_probability", "threshold", "familiarity", "unfamiliar", "error")
 SCAN_COLUMNS = ("crack_tiles", "tiles", "max_probability", "regions")
 KERAS_ARTIFACT = "keras_model"
 ARTIFACT_NAME = "pyfunc"
@@ -82,17 +85,22 @@ def classify_encoded(model: keras.Model, encoded: Sequence[Any], threshold: floa
     """Score base64 image files; a row's ``error`` says why it has no label and probability."""
     count = len(encoded)
     probabilities: list[float | None] = [None] * count
+    familiar: list[float | None] = [None] * count
     errors: list[str | None] = [None] * count
     with tempfile.TemporaryDirectory(prefix="crackcls-serve-") as tmp:
         files = _write_files(encoded, Path(tmp), errors)
         scores = score_files(model, list(files.values()), BATCH_SIZE, base=Path(tmp))
-        for index, probability, reason in zip(files, scores.probabilities, scores.reasons):
+        scored = scores.familiarity if scores.familiarity is not None else [None] * len(files)
+        for index, probability, reason, score in zip(files, scores.probabilities, scores.reasons, scored):
             errors[index] = reason
             probabilities[index] = None if reason else float(probability)
+            familiar[index] = None if reason or score is None else float(score)
     columns = {
         "label": [None if p is None else label_for(p, threshold) for p in probabilities],
         "crack_probability": probabilities,
         "threshold": [float(threshold)] * count,
+        "familiarity": familiar,
+        "unfamiliar": [None if f is None else bool(f > 1.0) for f in familiar],
         "error": errors,
     }
     # object columns keep None as None: JSON null, where pandas' own missing value is NaN (not JSON)
@@ -165,21 +173,27 @@ def example_image() -> str:
 
 def log_pyfunc(
     model_file: Path,
-    threshold: float,
+    threshold: float | None,
     registered_model_name: str | None,
     pip_requirements: list[str],
     name: str = ARTIFACT_NAME,
 ) -> ModelInfo:
-    """Log the wrapper (with the ``.keras`` file and the crackcls code) to the active run, and register it."""
+    """Log the wrapper (with the ``.keras`` file, its companions and the crackcls code) to the active run, and register it.
+
+    ``threshold`` None: the one stored beside the model file (else 0.5).
+    """
     example = pd.DataFrame({IMAGE_COLUMN: [example_image()]})
+    model = load_model_file(model_file)
+    threshold = companions.threshold(model, threshold, 0.5)
     # One readable and one empty image, so the output schema types every column, optional where it may be empty.
-    output = classify_encoded(load_model_file(model_file), [example_image(), ""], threshold)
+    output = classify_encoded(model, [example_image(), ""], threshold)
     params = {"threshold": float(threshold), "scan": False, "tile": 0, "stride": 0}
     signature = infer_signature(example, output, params=params)
     return mlflow.pyfunc.log_model(
         name=name,
         python_model=CrackClassifier(),
-        artifacts={KERAS_ARTIFACT: str(model_file)},
+        # the companions keep their names beside the .keras file, where load_model_file finds them
+        artifacts={KERAS_ARTIFACT: str(model_file), **{f.name: str(f) for f in companions.files_for(model_file)}},
         code_paths=[str(Path(__file__).parent)],
         model_config={"threshold": float(threshold)},
         signature=signature,

@@ -16,7 +16,7 @@ from pathlib import Path
 import mlflow
 import numpy as np
 
-from crackcls import atomic, manifest, paths, tracking
+from crackcls import atomic, companions, familiarity, manifest, paths, tracking
 from crackcls.config import Config, load_config
 from crackcls.errors import CrackclsError
 from crackcls.evaluation import (
@@ -47,10 +47,13 @@ def run(model_spec: str = DEFAULT_MODEL, data: str | None = None, out_dir: str |
     else:
         items = manifest.read(manifest.manifest_path("test", workspace / paths.SPLIT_DIR))
         data_name = "test_split"
-    result = evaluate_items(model, items, config.evaluate.threshold, config.evaluate.batch_size, base=workspace)
+    threshold = companions.threshold(model, None, config.evaluate.threshold)  # the model's own, when stored
+    result = evaluate_items(model, items, threshold, config.evaluate.batch_size, base=workspace)
+    if result.familiarity is not None:  # how many of these images the model finds unfamiliar
+        result.metrics.update(familiarity.flagged_report(result.familiarity, result.correct))
     target = Path(out_dir) if out_dir else workspace / paths.REPORTS_DIR / "eval" / slug(f"{model_spec}-{data_name}")
     files = write_reports(result, target, extra={"model": model_spec, "data": data or "test split"})
-    run_id = _log_run(config, model_spec, source_run, data, data_name, {"threshold": config.evaluate.threshold},
+    run_id = _log_run(config, model_spec, source_run, data, data_name, {"threshold": threshold},
                       lambda: log_to_mlflow(result, files, prefix="eval", artifact_path="evaluation"))  # fmt: skip
     return {"result": result, "files": files, "run_id": run_id, "out_dir": target}
 

@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from crackcls import atomic, paths, progress, tracking
+from crackcls import atomic, companions, paths, progress, tracking
 from crackcls.config import Config, load_config
 from crackcls.errors import CrackclsError
 from crackcls.evaluation import CRACK, label_for, load_model, score_files
@@ -27,6 +27,7 @@ from crackcls.images import SkipReport, header_size, iter_images
 CHAMPION = "champion"
 FORMATS = ("table", "json", "csv")
 COLUMNS = ("path", "label", "crack_probability", "threshold")
+FAMILIARITY_COLUMNS = ("familiarity", "unfamiliar")  # present when the model carries a familiarity density
 GLOB_CHARS = frozenset("*?[")
 # Images per forward pass. On a CPU the activations of one batch dominate memory
 # (MobileNetV2 at 224 px: about 16 MB an image, released to the allocator, not the
@@ -40,6 +41,8 @@ class Prediction:
     label: str
     crack_probability: float
     threshold: float
+    familiarity: float | None = None  # crackcls.familiarity score: above 1 is unlike the training images
+    unfamiliar: bool | None = None
     explanation: str | None = None  # the Grad-CAM overlay, with --explain
     warning: str | None = None  # set for whole photos, which predict squashes to one patch
 
@@ -115,24 +118,28 @@ def run(
     explain_dir: str | os.PathLike[str] | None = None,
 ) -> PredictResult:
     config = _config()
-    threshold = config.evaluate.threshold if threshold is None else threshold
-    if not 0.0 <= threshold <= 1.0:
+    if threshold is not None and not 0.0 <= threshold <= 1.0:
         raise CrackclsError(f"--threshold must be between 0 and 1, got {threshold:g}")
     batch_size = checked_batch_size(config, batch_size or BATCH_SIZE)
     files = expand_inputs(inputs)
     spec = model_spec or champion_spec(config)
     model, _ = load_model(spec)
+    threshold = companions.threshold(model, threshold, config.evaluate.threshold)
 
     with progress.bar(len(files), "predict", min_total=batch_size) as bar:
         scores = score_files(model, files, batch_size, base=Path.cwd(), progress=bar.update)
     result = PredictResult(spec, [])
-    for path, probability, reason in zip(files, scores.probabilities, scores.reasons):
+    familiar = scores.familiarity if scores.familiarity is not None else [None] * len(files)
+    for path, probability, reason, score in zip(files, scores.probabilities, scores.reasons, familiar):
         if reason is not None:
             result.skipped.add(path, reason)
             continue
         probability = float(probability)
         warning = photo_warning(path, config.scan.tile)
-        result.predictions.append(Prediction(str(path), label_for(probability, threshold), probability, threshold, None, warning))
+        prediction = Prediction(str(path), label_for(probability, threshold), probability, threshold, warning=warning)
+        if score is not None:
+            prediction.familiarity, prediction.unfamiliar = float(score), bool(score > 1.0)
+        result.predictions.append(prediction)
     if explain_dir is not None and result.predictions:
         _explain(model, result, Path(explain_dir))
     return result
@@ -185,6 +192,8 @@ def overlay_names(files: Sequence[Path], out_dir: Path, suffix: str = "_gradcam.
 def render(result: PredictResult, fmt: str) -> str:
     """The predictions as an aligned table, a JSON list of rows, or CSV."""
     columns = list(COLUMNS)
+    if any(p.familiarity is not None for p in result.predictions):
+        columns += FAMILIARITY_COLUMNS
     columns += [name for name in ("explanation", "warning") if any(getattr(p, name) for p in result.predictions)]
     rows = [{key: asdict(p)[key] for key in columns} for p in result.predictions]
     if fmt == "json":
@@ -193,7 +202,11 @@ def render(result: PredictResult, fmt: str) -> str:
         buffer = io.StringIO()
         writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
         writer.writeheader()
-        writer.writerows({**row, "crack_probability": f"{row['crack_probability']:.6f}"} for row in rows)
+        writer.writerows(
+            {**row, "crack_probability": f"{row['crack_probability']:.6f}",
+             **({"familiarity": f"{row['familiarity']:.4f}"} if row.get("familiarity") is not None else {})}
+            for row in rows
+        )
         return buffer.getvalue()
     if fmt == "table":
         return _table(rows, columns)
@@ -206,7 +219,7 @@ def _table(rows: list[dict], columns: list[str]) -> str:
         for row in rows
     ]
     widths = [max([len(name), *(len(line[i]) for line in cells)]) for i, name in enumerate(columns)]
-    numeric = {"crack_probability", "threshold"}
+    numeric = {"crack_probability", "threshold", "familiarity"}
 
     def line(values: list[str]) -> str:
         return "  ".join(
@@ -224,6 +237,9 @@ def summary(result: PredictResult) -> str:
         f"{len(result.predictions)} images predicted with {result.model}: "
         f"{cracks} crack, {len(result.predictions) - cracks} no crack"
     ]
+    unfamiliar = sum(bool(p.unfamiliar) for p in result.predictions)
+    if unfamiliar:
+        lines.append(f"{unfamiliar} images look unlike the training images (unfamiliar): do not trust their labels")
     photos = sum(p.warning is not None for p in result.predictions)
     if photos:
         lines.append(

@@ -1,7 +1,10 @@
-"""``make promote``: move the ``champion`` alias to the ``challenger`` only if it is better.
+"""``make promote``: move the ``champion`` alias to the ``challenger`` only on evidence that it is better.
 
-Both versions are scored on the same current test split, so the comparison is
-like for like even when the champion was trained on an older split.
+Both versions are scored on the same current test split, each at its own stored
+threshold, so the comparison is like for like even when the champion was trained on
+an older split. The rule is :func:`crackcls.promotion.decide`: better on
+``registry.promote_metric`` by ``registry.min_improvement``, and an exact McNemar test
+on the images the two disagree about gives p < ``registry.max_p_value``.
 """
 
 from __future__ import annotations
@@ -9,12 +12,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import mlflow
+import numpy as np
 
-from crackcls import manifest, paths, tracking
+from crackcls import companions, manifest, paths, tracking
 from crackcls.config import load_config
 from crackcls.errors import CrackclsError
-from crackcls.evaluation import evaluate_items, load_model
-from crackcls.promotion import Decision, decide
+from crackcls.evaluation import Evaluation, evaluate_items, load_model
+from crackcls.intervals import format_interval
+from crackcls.promotion import Decision, McNemar, decide, mcnemar
 
 CHAMPION = "champion"
 CHALLENGER = "challenger"
@@ -27,6 +32,32 @@ class Outcome:
     champion_version: str | None
     challenger_score: float
     champion_score: float | None
+    metric: str = "f1"
+    challenger_metrics: dict | None = None
+    champion_metrics: dict | None = None
+    paired: McNemar | None = None
+
+
+def paired_test(challenger: Evaluation, champion: Evaluation) -> McNemar:
+    """McNemar on the images both models could read (the same files, so normally all)."""
+    common = sorted(set(challenger.paths) & set(champion.paths))
+    if not common:
+        raise CrackclsError("the two models share no scored test image: cannot compare them")
+
+    def correct(result: Evaluation) -> np.ndarray:
+        index = {p: i for i, p in enumerate(result.paths)}
+        rows = np.array([index[p] for p in common])
+        return result.correct[rows]
+
+    return mcnemar(correct(challenger), correct(champion))
+
+
+def describe(metrics: dict | None) -> str:
+    """``f1 0.9120 [0.881, 0.937]  accuracy ...`` at the model's threshold; ``none`` without a model."""
+    if not metrics:
+        return "none"
+    parts = [f"{key} {metrics[key]:.4f} {format_interval(metrics, key)}".rstrip() for key in ("f1", "accuracy", "recall", "precision")]
+    return "  ".join(parts) + f"  (threshold {metrics['threshold']:.4g}, n={metrics['n']})"
 
 
 def run(version: str | None = None) -> Outcome:
@@ -45,28 +76,57 @@ def run(version: str | None = None) -> Outcome:
     champion = tracking.alias_or_none(name, CHAMPION)
     if champion is not None and champion.version == challenger.version:
         decision = Decision(False, f"version {challenger.version} is already @{CHAMPION}")
-        return Outcome(decision, str(challenger.version), str(champion.version), float("nan"), None)
+        return Outcome(decision, str(challenger.version), str(champion.version), float("nan"), None, metric)
 
     test_items = manifest.read(manifest.manifest_path("test", workspace / paths.SPLIT_DIR))
 
-    def score(model_version) -> float:
+    def score(model_version) -> Evaluation:
         model, _ = load_model(f"models:/{name}/{model_version.version}")
-        result = evaluate_items(model, test_items, config.evaluate.threshold, config.evaluate.batch_size, base=workspace)
-        return result.metrics[metric]
+        threshold = companions.threshold(model, None, config.evaluate.threshold)
+        return evaluate_items(model, test_items, threshold, config.evaluate.batch_size, base=workspace)
 
-    challenger_score = score(challenger)
-    champion_score = score(champion) if champion is not None else None
-    decision = decide(challenger_score, champion_score, config.registry.min_improvement, metric)
+    challenger_result = score(challenger)
+    champion_result = score(champion) if champion is not None else None
+    paired = paired_test(challenger_result, champion_result) if champion_result is not None else None
+    decision = decide(
+        challenger_result.metrics[metric],
+        champion_result.metrics[metric] if champion_result else None,
+        config.registry.min_improvement,
+        metric,
+        paired,
+        config.registry.max_p_value,
+    )
 
-    client.set_model_version_tag(name, challenger.version, "promotion_decision", "promoted" if decision.promote else "refused")
-    client.set_model_version_tag(name, challenger.version, "promotion_reason", decision.reason)
-    client.set_model_version_tag(name, challenger.version, f"promotion_{metric}", f"{challenger_score:.4f}")
+    tags = {
+        "promotion_decision": "promoted" if decision.promote else "refused",
+        "promotion_reason": decision.reason,
+        f"promotion_{metric}": f"{challenger_result.metrics[metric]:.4f}",
+        f"promotion_{metric}_ci95": format_interval(challenger_result.metrics, metric) or "n/a",
+        "promotion_max_p_value": f"{config.registry.max_p_value:g}",
+    }
+    if champion is not None and champion_result is not None and paired is not None:
+        tags.update(
+            {
+                "promotion_against": str(champion.version),
+                f"promotion_champion_{metric}": f"{champion_result.metrics[metric]:.4f}",
+                f"promotion_champion_{metric}_ci95": format_interval(champion_result.metrics, metric) or "n/a",
+                "promotion_only_challenger_right": str(paired.challenger_only),
+                "promotion_only_champion_right": str(paired.champion_only),
+                "promotion_mcnemar_p": f"{paired.p_value:.4g}",
+            }
+        )
+    for key, value in tags.items():
+        client.set_model_version_tag(name, challenger.version, key, value[:5000])
     if decision.promote:
         client.set_registered_model_alias(name, CHAMPION, challenger.version)
     return Outcome(  # MLflow 3 returns versions as int; Outcome keeps the documented str
         decision,
         str(challenger.version),
         str(champion.version) if champion else None,
-        challenger_score,
-        champion_score,
+        challenger_result.metrics[metric],
+        champion_result.metrics[metric] if champion_result else None,
+        metric,
+        challenger_result.metrics,
+        champion_result.metrics if champion_result else None,
+        paired,
     )

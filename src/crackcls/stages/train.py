@@ -31,7 +31,7 @@ import numpy as np
 import tensorflow as tf
 from mlflow.models import infer_signature
 
-from crackcls import atomic, distributed, features, manifest, paths, plots, runtime, serving, tracking
+from crackcls import atomic, companions, distributed, features, manifest, paths, plots, posttrain, runtime, serving, tracking
 from crackcls.config import Config, load_config
 from crackcls.data import manifest_dataset
 from crackcls.errors import CrackclsError, user_errors_exit
@@ -165,7 +165,7 @@ def _model_dir_before_example() -> Iterator[None]:
         keras_save._save_example = original
 
 
-def log_and_register(crack: CrackModel, config: Config, model_file: Path) -> dict:
+def log_and_register(crack: CrackModel, config: Config, model_file: Path, threshold: float | None = None) -> dict:
     """Log the model twice, register the served form, and alias the new version ``challenger``.
 
     ``model`` is MLflow's Keras flavour (tensors in, probabilities out: for notebooks and
@@ -185,9 +185,10 @@ def log_and_register(crack: CrackModel, config: Config, model_file: Path) -> dic
             input_example=example,
             pip_requirements=_requirements(),
         )
+    threshold = config.evaluate.threshold if threshold is None else threshold
     info = serving.log_pyfunc(
         model_file,
-        threshold=config.evaluate.threshold,
+        threshold=threshold,
         registered_model_name=config.registry.model_name,
         pip_requirements=_requirements(),
     )
@@ -195,8 +196,10 @@ def log_and_register(crack: CrackModel, config: Config, model_file: Path) -> dic
     client = tracking.client()
     client.set_registered_model_alias(config.registry.model_name, CHALLENGER, version)
     client.set_model_version_tag(config.registry.model_name, version, "backbone", config.model.backbone)
-    client.set_model_version_tag(config.registry.model_name, version, "threshold", f"{config.evaluate.threshold:g}")
-    mlflow.log_artifact(str(model_file), artifact_path="keras_file")
+    client.set_model_version_tag(config.registry.model_name, version, "threshold", f"{threshold:.6g}")
+    client.set_model_version_tag(config.registry.model_name, version, "target_recall", str(config.evaluate.target_recall))
+    for path in [model_file, *companions.files_for(model_file)]:
+        mlflow.log_artifact(str(path), artifact_path="keras_file")
     return {"model_uri": info.model_uri, "keras_model_uri": keras_info.model_uri, "registered_model_version": version}
 
 
@@ -268,15 +271,18 @@ def _train_and_track(config: Config, workspace: Path) -> dict:
         history = _merge(phases)
         mlflow.log_metrics({"training_time_s": seconds, "epochs_trained": len(history["loss"])})
 
+        fitted = posttrain.fit(crack.model, config, workspace)  # calibrates crack.model in place
+        mlflow.log_metrics(fitted.metrics)
         model_file = workspace / paths.MODEL_FILE
         with atomic.atomic_path(model_file, suffix=".keras") as tmp:
             crack.model.save(tmp)
+        companions.write(model_file, fitted.companions)
         atomic.write_text(workspace / HISTORY_FILE, _history_csv(history))
         plots.training_curves(history, workspace / CURVES_FILE, phase_start=frozen_epochs if len(phases) > 1 else None)
         mlflow.log_artifact(str(workspace / CURVES_FILE), artifact_path="plots")
         mlflow.log_artifact(str(workspace / HISTORY_FILE), artifact_path="plots")
 
-        registered = log_and_register(crack, config, model_file)
+        registered = log_and_register(crack, config, model_file, fitted.companions.threshold)
         info = {
             "run_id": active.info.run_id,
             "experiment_id": active.info.experiment_id,
