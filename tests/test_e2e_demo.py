@@ -64,7 +64,7 @@ def test_demo_writes_dvc_metrics_and_plots(demo_repo):
     plots = _run(["dvc", "plots", "show", "--json"], demo_repo).stdout
     assert "reports/predictions.csv" in plots and "confusion" in plots
     assert '"accuracy_ci_low"' in shown and '"ece"' in shown
-    assert "reports/reliability.csv" in plots
+    assert "Reliability (test)" in plots and "reports/reliability.csv" in (demo_repo / "dvc.yaml").read_text()
     assert "## Intended use" in (demo_repo / "reports/model_card.md").read_text()
 
 
@@ -100,7 +100,8 @@ def test_make_evaluate_on_a_labelled_folder(demo_repo, tmp_path):
             shutil.copy(image, folder / label / image.name)
     result = _run(["make", "evaluate", f"DATA={folder}"], demo_repo)
     assert "accuracy" in result.stdout and "f1" in result.stdout
-    assert "  n          10" in result.stdout
+    assert re.search(r"^\s+n\s+10$", result.stdout, re.M), result.stdout
+    assert re.search(r"^\s+recall\s+\S+\s+95% CI \[", result.stdout, re.M), result.stdout
     champion = _run(["make", "evaluate", "MODEL=models:/crackcls@champion"], demo_repo)
     assert "recall" in champion.stdout
 
