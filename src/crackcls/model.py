@@ -28,7 +28,7 @@ import keras
 from keras import layers, ops
 
 from crackcls import companions, paths
-from crackcls.config import ModelConfig, TrainConfig
+from crackcls.config import MIN_IMAGE_SIZE, ModelConfig, TrainConfig
 from crackcls.errors import CrackclsError
 
 IMAGENET_BGR_MEAN = (103.939, 116.779, 123.68)
@@ -74,6 +74,10 @@ def compact_cnn(
     """
     if include_top:
         raise ValueError("compact_cnn is a feature extractor; it has no classification top")
+    if min(input_shape[:2]) < MIN_IMAGE_SIZE:  # the same floor, and wording, as the Keras applications
+        raise ValueError(
+            f"Input size must be at least {MIN_IMAGE_SIZE}x{MIN_IMAGE_SIZE}; Received: input_shape={input_shape}"
+        )
     inputs = keras.Input(shape=input_shape, name="compact_input")
     x = inputs
     for block, width in enumerate(filters, start=1):
