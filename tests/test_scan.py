@@ -135,6 +135,21 @@ def test_command_line_settings_override_params():
         settings_from(config, tile=100, stride=300)
 
 
+def test_the_threshold_stored_with_the_model_applies_unless_one_is_given():
+    import keras
+
+    from crackcls import companions
+    from crackcls.config import parse_config
+    from crackcls.jobs.scan import settings_from
+
+    config = parse_config({"evaluate": {"threshold": 0.7}})
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(1)])
+    assert settings_from(config, model=model).threshold == 0.7  # a model with nothing stored
+    companions.attach(model, companions.Companions(threshold=0.31, target_recall=0.99))
+    assert settings_from(config, model=model).threshold == 0.31
+    assert settings_from(config, threshold=0.6, model=model).threshold == 0.6
+
+
 # ---------------------------------------------------------------- aggregation (pure)
 def test_connected_crack_tiles_merge_into_boxes_in_photo_pixels():
     grid = tile_grid(5 * 100, 4 * 100, 100)

@@ -86,7 +86,7 @@ def run_scan(model_spec: str, data: str, out_dir: str | None = None, tile_truth:
     truth = read_tile_truth(paths.resolve(tile_truth, workspace), folder) if tile_truth else None
     items = labelled_folder(folder)
     model, source_run = load_model(model_spec)
-    settings = settings_from(config)
+    settings = settings_from(config, model=model)
     scans, skipped = scan_paths(model, [Path(it.path) for it in items], settings, config.evaluate.batch_size)
     if not scans:
         raise CrackclsError("no photo could be read; see the skipped list")

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from crackcls import atomic, progress
+from crackcls import atomic, companions, progress
 from crackcls.config import Config
 from crackcls.errors import CrackclsError
 from crackcls.evaluation import CRACK, csv_text, load_model
@@ -33,15 +33,29 @@ class ScanResult:
     skipped: SkipReport = field(default_factory=SkipReport)
 
 
-def settings_from(config: Config, tile: int | None = None, stride: int | None = None, threshold: float | None = None) -> ScanSettings:
-    """params.yaml's ``scan`` section (and ``evaluate.threshold``), with the command line's overrides."""
+def settings_from(
+    config: Config,
+    tile: int | None = None,
+    stride: int | None = None,
+    threshold: float | None = None,
+    model=None,  # noqa: ANN001 - a keras.Model whose stored threshold applies
+) -> ScanSettings:
+    """params.yaml's ``scan`` section, with the command line's overrides.
+
+    The tile threshold is the one ``predict`` uses: an explicit one, else the one stored
+    with the model (set for a recall target), else ``evaluate.threshold``.
+    """
     tile = tile or config.scan.tile
     if stride is None and config.scan.stride is not None and config.scan.stride <= tile:
         stride = config.scan.stride  # a configured stride too long for a --tile given here is left out
     return ScanSettings(
         tile=tile,
         stride=stride,
-        threshold=config.evaluate.threshold if threshold is None else threshold,
+        threshold=(
+            companions.threshold(model, threshold, config.evaluate.threshold)
+            if model is not None
+            else config.evaluate.threshold if threshold is None else threshold
+        ),
         min_crack_tiles=config.scan.min_crack_tiles,
         connectivity=config.scan.connectivity,
     )
@@ -77,11 +91,12 @@ def run(
     overlay_dir: str | os.PathLike[str] | None = None,
 ) -> ScanResult:
     config = _config()
-    settings = settings_from(config, tile, stride, threshold)
+    settings_from(config, tile, stride, threshold)  # bad settings fail before the model loads
     batch_size = checked_batch_size(config, batch_size)
     files = expand_inputs(inputs)
     spec = model_spec or champion_spec(config)
     model, _ = load_model(spec)
+    settings = settings_from(config, tile, stride, threshold, model)
     out = Path(overlay_dir) if overlay_dir is not None else None
     scans, skips = scan_paths(model, files, settings, batch_size, out, config.scan.overlay_size)
     return ScanResult(spec, scans, skips)
