@@ -76,8 +76,8 @@ def attach(model, companions: Companions) -> None:  # noqa: ANN001 - a keras.Mod
     _ATTACHED[model] = companions
 
 
-def of(model) -> Companions:  # noqa: ANN001 - a keras.Model
-    return _ATTACHED.get(model, Companions())
+def of(model) -> Companions:  # noqa: ANN001 - a keras.Model, or None before one is loaded
+    return Companions() if model is None else _ATTACHED.get(model, Companions())
 
 
 def threshold(model, override: float | None, fallback: float) -> float:  # noqa: ANN001 - a keras.Model

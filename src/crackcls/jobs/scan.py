@@ -51,11 +51,7 @@ def settings_from(
     return ScanSettings(
         tile=tile,
         stride=stride,
-        threshold=(
-            companions.threshold(model, threshold, config.evaluate.threshold)
-            if model is not None
-            else config.evaluate.threshold if threshold is None else threshold
-        ),
+        threshold=companions.threshold(model, threshold, config.evaluate.threshold),
         min_crack_tiles=config.scan.min_crack_tiles,
         connectivity=config.scan.connectivity,
     )

@@ -24,8 +24,9 @@ from crackcls.model import build_model
 
 def run(config: Config, workspace: Path) -> dict:
     out_dir = features.cache_dir(workspace)
-    report: dict = {"feature_cache": features.used(config)}
-    if not features.used(config):
+    used = features.used(config)
+    report: dict = {"feature_cache": used}
+    if not used:
         with atomic.atomic_dir(out_dir) as staging:
             features.save_unused(staging)
         return report
