@@ -2,7 +2,7 @@
 
     python bench/run.py                      # full run (shared 4,000-image sample, 224 px)
     python bench/run.py --quick              # a smoke run on the bundled sample
-    python bench/run.py --trust              # only e.: intervals, recall threshold, calibration, familiarity
+    python bench/run.py --trust              # only the trust figures: recall threshold, calibration, familiarity
 
 Each part runs in its own subprocess so its peak RSS is its own. Results are
 printed as a table and written to bench/results/bench.json.
@@ -27,7 +27,7 @@ c. Split: seconds for the split stage on 40,000 files (copies of the sample with
    a few unique trailing bytes each, so they stay distinct).
 d. Memory: peak RSS of the training and prediction subprocesses, and of
    ``crackcls predict <folder> --model <file>`` as a user runs it.
-e. Trust (``--trust``): the from-scratch model (``--trust-backbone``, ``weights: none``)
+Trust (``--trust``, run on its own): the from-scratch model (``--trust-backbone``, ``weights: none``)
    trained with ``evaluate.target_recall: 0.99`` and evaluated with the painted-wall
    photos as an extra set: test recall and precision at the validation-chosen threshold
    with their 95% intervals, ECE before and after temperature scaling, the familiarity
@@ -143,13 +143,17 @@ def part_frozen_weights(project: Path) -> dict:
     return {"weights": str(project / FROZEN_WEIGHTS), "calibration_images": seen}
 
 
-def part_pipeline(project: Path, overrides: str) -> dict:
-    """Split → features → train → evaluate in a fresh project, as ``dvc repro`` runs them."""
+def run_pipeline(project: Path, overrides: dict) -> tuple:
+    """Fetch → split → features → train → evaluate in a fresh project, as ``dvc repro`` runs them.
+
+    Returns the config, the train stage's info, the seconds of features + train, and the
+    test metrics.
+    """
     from crackcls.config import load_config
     from crackcls.stages import evaluate, features, fetch, split, train
 
     os.chdir(project)
-    update_params(project, json.loads(overrides))
+    update_params(project, overrides)
     config = load_config(project / "params.yaml")
     fetch.run(config, project)
     split.run(config, project)
@@ -157,7 +161,12 @@ def part_pipeline(project: Path, overrides: str) -> dict:
     features.run(config, project)
     info = train.run(config, project)
     trained_s = time.perf_counter() - started
-    metrics = evaluate.run(config, project)["test"].metrics
+    return config, info, trained_s, evaluate.run(config, project)["test"].metrics
+
+
+def part_pipeline(project: Path, overrides: str) -> dict:
+    """Test accuracy with its interval, time and (from run_part) peak RSS of one whole pipeline."""
+    config, info, trained_s, metrics = run_pipeline(project, json.loads(overrides))
     return {
         "backbone": config.model.backbone,
         "weights": "none" if config.model.weights == "none" else "frozen file",
@@ -524,18 +533,11 @@ def run_scan_parts(args: argparse.Namespace, data: Path, scratch: Path) -> dict:
 
 def part_trust(project: Path, backbone: str, target_recall: float, extra: list[str]) -> dict:
     """The whole pipeline from scratch with a recall target; the trust figures from reports/metrics.json."""
-    from crackcls.config import load_config
-    from crackcls.stages import evaluate, features, fetch, split, train
-
-    os.chdir(project)
-    params = yaml.safe_load((project / "params.yaml").read_text())
-    params["model"].update({"backbone": backbone, "weights": "none"})
-    params["evaluate"].update({"target_recall": target_recall, "extra_sets": extra})
-    (project / "params.yaml").write_text(yaml.safe_dump(params))
-    config = load_config(project / "params.yaml")
     started = time.perf_counter()
-    for stage in (fetch, split, features, train, evaluate):
-        stage.run(config, project)
+    run_pipeline(
+        project,
+        {"model": {"backbone": backbone, "weights": "none"}, "evaluate": {"target_recall": target_recall, "extra_sets": extra}},
+    )
     metrics = json.loads((project / "reports/metrics.json").read_text())
     decision = json.loads((project / "models/model.decision.json").read_text())
     return {"wall_s": round(time.perf_counter() - started, 1), "backbone": backbone, "metrics": metrics, "decision": decision}
@@ -550,15 +552,15 @@ def trust_table(trust: dict) -> str:
     rows = [
         "| figure | measured | target |",
         "|---|---|---|",
-        f"| e. Test recall at the validation-chosen threshold ({m['threshold']:.4g}, target {m['target_recall']}) "
+        f"| Trust: Test recall at the validation-chosen threshold ({m['threshold']:.4g}, target {m['target_recall']}) "
         f"| **{ci('recall')}**, precision {ci('precision')} (n={m['n']}) | ≥ 0.98 |",
-        f"| e. Expected calibration error, test split | {m['ece_uncalibrated']:.4f} before, **{m['ece']:.4f}** after "
+        f"| Trust: Expected calibration error, test split | {m['ece_uncalibrated']:.4f} before, **{m['ece']:.4f}** after "
         f"(T={m['temperature']:.3f}) | ≤ 0.02 |",
-        f"| e. Test images flagged unfamiliar | **{m['unfamiliar']} of {m['n']} ({100 * m['unfamiliar_fraction']:.1f}%)** | ≤ 2% |",
+        f"| Trust: Test images flagged unfamiliar | **{m['unfamiliar']} of {m['n']} ({100 * m['unfamiliar_fraction']:.1f}%)** | ≤ 2% |",
     ]
     for name, extra in (m.get("extra_sets") or {}).items():
         rows.append(
-            f"| e. Familiarity AUROC, test split vs {name} | **{extra['familiarity_auroc']:.4f}**; flags "
+            f"| Trust: Familiarity AUROC, test split vs {name} | **{extra['familiarity_auroc']:.4f}**; flags "
             f"{extra['unfamiliar']} of {extra['n']}; recall there {ci('recall', extra)} | ≥ 0.95 |"
         )
     return "\n".join(rows)
@@ -618,7 +620,7 @@ def main() -> None:
     parser.add_argument("--predict-images", type=int, default=1000)
     parser.add_argument("--split-copies", type=int, default=10)
     parser.add_argument("--out", type=Path, default=RESULTS / "bench.json")
-    parser.add_argument("--trust", action="store_true", help="run only part e (trust figures)")
+    parser.add_argument("--trust", action="store_true", help="run only the trust figures (threshold, calibration, familiarity)")
     parser.add_argument("--trust-backbone", default="compact_cnn")
     parser.add_argument("--target-recall", type=float, default=0.99)
     parser.add_argument("--scan-backbones", nargs="+", default=["compact_cnn:96", "mobilenet_v2:224"], metavar="BACKBONE:SIZE",
