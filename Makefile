@@ -25,11 +25,14 @@ AUTH_DB   ?= sqlite:///$(CURDIR)/basic_auth.db
 HOST      ?= 127.0.0.1
 WORKERS   ?= 4
 
-.PHONY: help install test test-fast repro demo evaluate promote predict scan serve server bench ui
+.PHONY: help install test test-fast lint docs docs-serve repro demo evaluate promote predict scan serve server bench ui
 
 help:
 	@echo "make install     create $(VENV) and install crackcls with pinned dependencies (GPU=1: CUDA libraries too)"
 	@echo "make test        run the test suite"
+	@echo "make lint        check the import layers (lower wings never import higher ones)"
+	@echo "make docs        build the documentation site into site/ (strict: a broken link fails)"
+	@echo "make docs-serve  the documentation site on http://127.0.0.1:8000"
 	@echo "make repro       run the DVC pipeline (dvc repro) on the full Mendeley set"
 	@echo "make demo        run the pipeline offline on the bundled sample, then promote"
 	@echo "make evaluate    evaluate MODEL=<path|models:/name@alias> on DATA=<folder> (default: test split); SCAN=1: DATA holds whole photos"
@@ -38,7 +41,7 @@ help:
 	@echo "make scan        scan whole photos IN=<files|folders|globs> tile by tile; overlays in reports/scan/"
 	@echo "make serve       serve models:/crackcls@champion over HTTP on 127.0.0.1:$(SERVE_PORT)"
 	@echo "make server      team MLflow server with logins on $(HOST):$(PORT) (BACKEND=, ARTIFACTS=, AUTH_DB=)"
-	@echo "make bench       training / prediction / split / memory benchmark (see README)"
+	@echo "make bench       training / prediction / split / memory benchmark (docs/performance.md)"
 	@echo "make ui          MLflow UI on http://127.0.0.1:$(PORT) (prints the link to the training runs)"
 
 $(BIN)/python:
@@ -48,7 +51,7 @@ $(BIN)/python:
 # GPU=1 adds TensorFlow's CUDA libraries (Linux, NVIDIA driver installed).
 GPU    ?=
 comma  := ,
-EXTRAS := dev,server$(if $(GPU),$(comma)gpu)
+EXTRAS := dev,server,docs$(if $(GPU),$(comma)gpu)
 
 install: $(BIN)/python
 	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[$(EXTRAS)]"
@@ -59,6 +62,15 @@ test:
 
 test-fast:
 	$(BIN)/python -m pytest -m "not e2e"
+
+lint:
+	$(BIN)/lint-imports
+
+docs:
+	$(BIN)/mkdocs build --strict --site-dir site
+
+docs-serve:
+	$(BIN)/mkdocs serve --dev-addr 127.0.0.1:8000
 
 repro:
 	dvc repro
@@ -84,7 +96,7 @@ serve:
 	  --env-manager local --host 127.0.0.1 --port $(SERVE_PORT)
 
 server:
-	python -m crackcls.teamserver --backend "$(BACKEND)" --artifacts "$(ARTIFACTS)" --auth-db "$(AUTH_DB)" \
+	python -m crackcls.tracking.teamserver --backend "$(BACKEND)" --artifacts "$(ARTIFACTS)" --auth-db "$(AUTH_DB)" \
 	  --host $(HOST) --port $(PORT) --workers $(WORKERS)
 
 bench:

@@ -126,10 +126,12 @@ def part_frozen_weights(project: Path) -> dict:
     """
     import keras
 
-    from crackcls import manifest, paths
-    from crackcls.config import ModelConfig, load_config
-    from crackcls.data import manifest_dataset
-    from crackcls.model import build_model, calibrate_batchnorm
+    from crackcls.data import manifest
+    from crackcls.util import paths
+    from crackcls.model.settings import ModelConfig
+    from crackcls.config import load_config
+    from crackcls.data.pipeline import manifest_dataset
+    from crackcls.model.build import build_model, calibrate_batchnorm
 
     os.chdir(project)
     config = load_config(project / "params.yaml")
@@ -214,9 +216,11 @@ def part_seed_train(project: Path, epochs: int, checkpoints: list[int]) -> dict:
     """A faithful seed-project loop, reading the same split and backbone weights."""
     import keras
 
-    from crackcls import features, manifest, paths
+    from crackcls.data import manifest
+    from crackcls.model import features
+    from crackcls.util import paths
     from crackcls.config import load_config
-    from crackcls.model import BACKBONES, build_backbone
+    from crackcls.model.build import BACKBONES, build_backbone
 
     os.chdir(project)
     config = load_config(project / "params.yaml")
@@ -268,10 +272,11 @@ def part_predict(project: Path, n_images: int, batch: int) -> dict:
     import numpy as np
     import tensorflow as tf
 
-    from crackcls import manifest, paths
-    from crackcls.evaluation import predict_files
-    from crackcls.images import load_rgb
-    from crackcls.model import load_model_file
+    from crackcls.data import manifest
+    from crackcls.util import paths
+    from crackcls.model.inference import predict_files
+    from crackcls.data.images import load_rgb
+    from crackcls.model.inference import load_model_file
 
     os.chdir(project)
     model = load_model_file(project / paths.MODEL_FILE)
@@ -305,7 +310,9 @@ def part_predict(project: Path, n_images: int, batch: int) -> dict:
 
 def part_predict_command(project: Path, n_images: int) -> dict:
     """``crackcls predict <folder> --model <file>`` as a user runs it; its peak RSS is this process's."""
-    from crackcls import cli, manifest, paths
+    from crackcls import cli
+    from crackcls.data import manifest
+    from crackcls.util import paths
 
     os.chdir(project)
     items = manifest.read(manifest.manifest_path("train", project / paths.SPLIT_DIR))[:n_images]
@@ -326,7 +333,7 @@ def part_predict_command(project: Path, n_images: int) -> dict:
 
 def part_split(source: Path, work: Path, copies: int) -> dict:
     """Split on copies × the source tree, each copy made unique by trailing bytes."""
-    from crackcls import paths
+    from crackcls.util import paths
     from crackcls.config import load_config
     from crackcls.stages import split
 
@@ -392,11 +399,11 @@ def part_scan_speed(backbone: str, size: int, sample: Path, work: Path, photos: 
     import numpy as np
     import tensorflow as tf
 
-    from crackcls.config import ModelConfig, TrainConfig
-    from crackcls.evaluation import forward_pass
-    from crackcls.images import SkipReport
-    from crackcls.model import build_model
-    from crackcls.scan import ScanSettings, scan_files
+    from crackcls.model.settings import ModelConfig, TrainConfig
+    from crackcls.model.inference import forward_pass
+    from crackcls.data.images import SkipReport
+    from crackcls.model.build import build_model
+    from crackcls.photos.scan import ScanSettings, scan_files
 
     model = build_model(ModelConfig(backbone=backbone, weights="none", image_size=size), TrainConfig()).model
     work.mkdir(parents=True, exist_ok=True)
@@ -443,10 +450,10 @@ def part_big_photo(sample: Path, work: Path, megapixels: int) -> dict:
 
 def part_scan_memory(photo: Path, backbone: str, size: int) -> dict:
     """Scan one photo (with an overlay copy); peak RSS comes from run_part."""
-    from crackcls.config import ModelConfig, TrainConfig
-    from crackcls.images import SkipReport
-    from crackcls.model import build_model
-    from crackcls.scan import ScanSettings, scan_files
+    from crackcls.model.settings import ModelConfig, TrainConfig
+    from crackcls.data.images import SkipReport
+    from crackcls.model.build import build_model
+    from crackcls.photos.scan import ScanSettings, scan_files
 
     model = build_model(ModelConfig(backbone=backbone, weights="none", image_size=size), TrainConfig()).model
     started = time.perf_counter()
@@ -459,10 +466,10 @@ def part_scan_accuracy(model_spec: str, sample: Path, work: Path, photos: int) -
     import numpy as np
     from PIL import Image
 
-    from crackcls.evaluation import load_model
+    from crackcls.tracking.registry import load_model
     from crackcls.jobs.evaluate import tile_level_metrics
     from crackcls.jobs.scan import scan_paths
-    from crackcls.scan import ScanSettings
+    from crackcls.photos.scan import ScanSettings
 
     build_mosaic, crack_path = _mosaic_tools()
     rng = np.random.default_rng(2024)

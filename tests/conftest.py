@@ -40,8 +40,8 @@ def pretrained_params(folder: Path, backbone: str = "mobilenet_v2", size: int = 
     ImageNet weights cannot be downloaded in tests; a file of the same architecture takes
     the same code path as a user's own weights file.
     """
-    from crackcls.config import ModelConfig
-    from crackcls.model import build_backbone
+    from crackcls.model.settings import ModelConfig
+    from crackcls.model.build import build_backbone
 
     weights = folder / f"{backbone}-{size}px.weights.h5"
     if not weights.is_file():
@@ -57,8 +57,26 @@ def deep_merge(base: dict, override: dict) -> dict:
     return merged
 
 
+def committed_file_text(name: str) -> str:
+    """A file as committed at HEAD (the working tree's copy where there is no git checkout).
+
+    ``make demo`` is a ``dvc exp run``: it leaves its parameters in the working tree's
+    params.yaml, so tests that need the project's defaults never read that copy.
+    """
+    shown = subprocess.run(["git", "show", f"HEAD:{name}"], cwd=REPO_ROOT, capture_output=True, text=True)
+    return shown.stdout if shown.returncode == 0 else (REPO_ROOT / name).read_text(encoding="utf-8")
+
+
+def committed_params() -> dict:
+    return yaml.safe_load(committed_file_text("params.yaml"))
+
+
+# What a pipeline run writes into the checkout; a fresh copy of the project holds none of it.
+PIPELINE_OUTPUTS = ("dvc.lock", "reports/", "models/", "data/", "mlflow.db", "mlruns/", "mlartifacts/")
+
+
 def write_params(project: Path, override: dict) -> dict:
-    params = yaml.safe_load((REPO_ROOT / "params.yaml").read_text())
+    params = committed_params()
     params = deep_merge(params, override)
     (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     return params
@@ -77,15 +95,24 @@ def clear_mlflow_env(patch: pytest.MonkeyPatch) -> None:
 
 
 def fresh_repo_copy(repo: Path) -> None:
-    """The tracked and untracked-but-not-ignored files of this checkout, copied to ``repo``."""
+    """This checkout as a fresh clone of it would be, with the working tree's code, copied to ``repo``.
+
+    Tracked and untracked-but-not-ignored files, less what a pipeline run left behind
+    (``make demo`` writes dvc.lock, metrics and models), with params.yaml as committed.
+    """
     files = subprocess.run(
         ["git", "ls-files", "-co", "--exclude-standard"], cwd=REPO_ROOT, capture_output=True, text=True, check=True
     ).stdout.split("\n")
+    tracked = set(
+        subprocess.run(["git", "ls-files", "-c"], cwd=REPO_ROOT, capture_output=True, text=True, check=True).stdout.split("\n")
+    )
     for name in filter(None, files):
         source = REPO_ROOT / name
-        if source.is_file():
-            (repo / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(source, repo / name)
+        if not source.is_file() or (name not in tracked and name.startswith(PIPELINE_OUTPUTS)):
+            continue
+        (repo / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(source, repo / name)
+    (repo / "params.yaml").write_text(committed_file_text("params.yaml"), encoding="utf-8")
 
 
 @pytest.fixture

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from conftest import RAR_FIXTURES
 
-from crackcls.archive import (
+from crackcls.data.archive import (
     CAP_KEY,
     ArchiveError,
     ArchiveReadError,

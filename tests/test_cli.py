@@ -8,7 +8,8 @@ import sys
 import pytest
 from conftest import subprocess_env
 
-from crackcls import cli, tracking
+from crackcls import cli
+from crackcls.tracking import store
 
 
 def help_text(*argv: str, capsys: pytest.CaptureFixture[str]) -> str:
@@ -46,13 +47,13 @@ def test_ui_link_opens_the_training_runs_and_tags_the_experiment(tiny_project, c
         cli.main(["ui-link", "--base", "http://127.0.0.1:5123/"])
     assert exited.value.code == 0
     link = capsys.readouterr().out.strip()
-    experiment = tracking.client().get_experiment_by_name("tests")  # TINY_PARAMS' experiment
+    experiment = store.client().get_experiment_by_name("tests")  # TINY_PARAMS' experiment
     assert link == f"http://127.0.0.1:5123/#/experiments/{experiment.experiment_id}?workflowType=machine_learning"
     assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
 
 
 def test_an_experiment_from_before_the_tag_gets_it(tiny_project):
-    tracking.configure_uri_only()
-    experiment_id = tracking.client().create_experiment("older")
-    assert tracking.configure("older") == experiment_id
-    assert tracking.client().get_experiment(experiment_id).tags["mlflow.experimentKind"] == "custom_model_development"
+    store.configure_uri_only()
+    experiment_id = store.client().create_experiment("older")
+    assert store.configure("older") == experiment_id
+    assert store.client().get_experiment(experiment_id).tags["mlflow.experimentKind"] == "custom_model_development"

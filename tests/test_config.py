@@ -2,18 +2,18 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import pytest
 import yaml
 
-from crackcls.config import BACKBONES, Config, ConfigError, load_config, parse_config
+from conftest import committed_file_text
+from crackcls.config import Config, ConfigError, load_config, parse_config
+from crackcls.model.settings import BACKBONES
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
 
-
-def test_repository_params_are_valid():
-    config = load_config(REPO_ROOT / "params.yaml")
+def test_repository_params_are_valid(tmp_path):
+    (tmp_path / "params.yaml").write_text(committed_file_text("params.yaml"))
+    config = load_config(tmp_path / "params.yaml")
     assert config.data.source == "mendeley"
     assert config.data.split.train == pytest.approx(0.70)
     assert config.model.backbone == "mobilenet_v2"

@@ -15,7 +15,7 @@ import pytest
 import requests
 from urllib3.exceptions import MaxRetryError, NameResolutionError
 
-from crackcls.download import DownloadError, download, sha256_file, unreachable_reason
+from crackcls.data.download import DownloadError, download, sha256_file, unreachable_reason
 
 BODY = os.urandom(256 * 1024)
 SHA = hashlib.sha256(BODY).hexdigest()
@@ -188,7 +188,7 @@ def test_503_is_retried(server: ScriptedServer, tmp_path: Path) -> None:
 
 def test_429_honours_retry_after(server: ScriptedServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     sleeps: list[float] = []
-    monkeypatch.setattr("crackcls.download.time.sleep", sleeps.append)
+    monkeypatch.setattr("crackcls.data.download.time.sleep", sleeps.append)
     server.plan = [(429, {"Retry-After": "7"})]
     assert fetch(server.url, tmp_path / "f.bin").read_bytes() == BODY
     assert sleeps == [7.0]

@@ -22,7 +22,8 @@ import yaml
 from conftest import fresh_repo_copy, subprocess_env
 from mlflow.tracking import MlflowClient
 
-from crackcls import lineage, quiet
+from crackcls.tracking import lineage
+from crackcls.util import quiet
 
 pytestmark = pytest.mark.e2e
 

@@ -9,10 +9,10 @@ import mlflow
 import numpy as np
 from conftest import REPO_ROOT, TINY_PARAMS, deep_merge, run_pipeline_in_process, write_params
 
-from crackcls import tracking
-from crackcls.evaluation import Evaluation
-from crackcls.metrics import classification_metrics
-from crackcls.stages.evaluate import domain_shift_warnings
+from crackcls.tracking import store
+from crackcls.model.evaluation import Evaluation
+from crackcls.trust.metrics import classification_metrics
+from crackcls.model.evaluation import domain_shift_warnings
 
 
 def evaluation_with_recall(hits: int, positives: int = 10) -> Evaluation:
@@ -46,7 +46,7 @@ def test_extra_sets_get_their_own_metrics_in_dvc_and_mlflow(tiny_project):
     assert (tiny_project / "reports/extra/other_surface/confusion_matrix.png").is_file()
     assert json.loads((tiny_project / "reports/domain_shift.json").read_text())["warnings"] == results["evaluate"]["warnings"]
 
-    tracking.configure_uri_only()
+    store.configure_uri_only()
     run = mlflow.get_run(results["train"]["run_id"])
     assert run.data.metrics["other_surface_recall"] == extra["recall"]
     assert "test_recall" in run.data.metrics

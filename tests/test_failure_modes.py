@@ -37,10 +37,15 @@ from conftest import (
 )
 from mlflow.tracking import MlflowClient
 
-from crackcls import cli, manifest, paths, tracking
-from crackcls.config import BACKBONES, MAX_IMAGE_SIZE, MIN_IMAGE_SIZE, ConfigError, load_config, parse_config
-from crackcls.errors import CrackclsError
-from crackcls.model import build_backbone, load_model_file
+from crackcls import cli
+from crackcls.data import manifest
+from crackcls.tracking import store
+from crackcls.util import paths
+from crackcls.model.settings import BACKBONES, MAX_IMAGE_SIZE, MIN_IMAGE_SIZE
+from crackcls.config import ConfigError, load_config, parse_config
+from crackcls.util.errors import CrackclsError
+from crackcls.model.build import build_backbone
+from crackcls.model.inference import load_model_file
 
 STAGES = ("fetch", "split", "features", "train", "evaluate")
 
@@ -281,20 +286,20 @@ def test_stage_process_with_bad_params_prints_no_traceback(tiny_project):
 STORE_RACER = """
 import sys, time
 from pathlib import Path
-from crackcls import tracking
+from crackcls.tracking import store
 ready, go = Path(sys.argv[1]), Path(sys.argv[2])
 ready.touch()
 while not go.exists():  # a barrier: every process past its imports, then all at once
     time.sleep(0.01)
-experiment = tracking.configure("tests")
-with tracking.mlflow.start_run(experiment_id=experiment) as run:
-    tracking.mlflow.log_metrics({"loss": 1.0}, step=1)
+experiment = store.configure("tests")
+with store.mlflow.start_run(experiment_id=experiment) as run:
+    store.mlflow.log_metrics({"loss": 1.0}, step=1)
 print("ok", experiment, run.info.run_id)
 """
 
 
 def test_fresh_sqlite_store_opened_by_several_processes_at_once(tmp_path):
-    """MLflow migrates a new SQLite database without a cross-process lock; tracking.py adds one."""
+    """MLflow migrates a new SQLite database without a cross-process lock; store.py adds one."""
     db = tmp_path / "fresh.db"
     env = {**subprocess_env(), "MLFLOW_TRACKING_URI": f"sqlite:///{db}"}
     go = tmp_path / "go"
@@ -419,7 +424,7 @@ def test_split_interrupted_keeps_previous_manifests_and_reruns(tmp_path):
 
 
 def test_features_killed_mid_extraction_keeps_previous_cache_and_reruns(tmp_path):
-    from crackcls import features as feature_cache
+    from crackcls.model import features as feature_cache
     from crackcls.stages import features
 
     project = make_project(tmp_path / "project", pretrained_params(tmp_path / "weights"))
@@ -461,12 +466,13 @@ def test_features_killed_mid_extraction_keeps_previous_cache_and_reruns(tmp_path
     assert report["train_images"] == 56
     assert staging_leftovers(project / "data") == []
     assert sorted(p.name for p in cache.iterdir()) == sorted(before)
-    key = feature_cache.cache_key(load_config(project / "params.yaml"), project / paths.SPLIT_DIR)
+    config = load_config(project / "params.yaml")
+    key = feature_cache.cache_key(config.model, config.train, project / paths.SPLIT_DIR)
     assert feature_cache.load(cache, "train", key).features.shape[0] == 56
 
 
 def test_atomic_dir_interrupted_between_renames_puts_the_previous_output_back(tmp_path, monkeypatch):
-    from crackcls import atomic
+    from crackcls.util import atomic
 
     target = tmp_path / "out"
     target.mkdir()
@@ -487,7 +493,7 @@ def test_atomic_dir_interrupted_between_renames_puts_the_previous_output_back(tm
 
 
 def test_atomic_dir_removes_staging_of_dead_processes_only(tmp_path):
-    from crackcls import atomic
+    from crackcls.util import atomic
 
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
     dead_pid = int(dead.stdout)
@@ -608,14 +614,14 @@ def _artifact_dir(client: MlflowClient, name: str, version: str) -> Path:
 def _register(model: keras.Model, project: Path, alias: str | None = None) -> str:
     """Log ``model`` as a new version of the project's registered model; optionally alias it."""
     config = load_config(project / "params.yaml")
-    tracking.configure(config.mlflow.experiment)
+    store.configure(config.mlflow.experiment)
     with mlflow.start_run(run_name="fault-injection"):
         info = mlflow.keras.log_model(
             model, name="model", registered_model_name=config.registry.model_name, pip_requirements=["keras"]
         )
     version = str(info.registered_model_version)
     if alias:
-        tracking.client().set_registered_model_alias(config.registry.model_name, alias, version)
+        store.client().set_registered_model_alias(config.registry.model_name, alias, version)
     return version
 
 
@@ -651,13 +657,13 @@ def in_promoted(promoted_project, monkeypatch):
     monkeypatch.chdir(promoted_project)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.delenv("MLFLOW_REGISTRY_URI", raising=False)
-    tracking.configure_uri_only()
+    store.configure_uri_only()
     return promoted_project
 
 
 def test_promote_refuses_a_worse_challenger_and_keeps_the_champion(in_promoted, capsys):
     project = in_promoted
-    client = tracking.client()
+    client = store.client()
     champion_before = client.get_model_version_by_alias("crackcls", "champion").version
     good = load_model_file(project / paths.MODEL_FILE)
     worse_version = _register(_always_negative(good), project, alias="challenger")
@@ -670,7 +676,7 @@ def test_promote_refuses_a_worse_challenger_and_keeps_the_champion(in_promoted, 
     assert "REFUSED" in out and f"challenger v{worse_version}: f1 0.0000" in out
     assert "only the challenger gets right" in out and "McNemar p=" in out
 
-    client = tracking.client()
+    client = store.client()
     assert client.get_model_version_by_alias("crackcls", "champion").version == champion_before
     tags = client.get_model_version("crackcls", worse_version).tags
     assert tags["promotion_decision"] == "refused"
@@ -681,14 +687,14 @@ def test_promote_refuses_a_worse_challenger_and_keeps_the_champion(in_promoted, 
 
 
 def test_promote_unknown_version_is_a_clear_error(in_promoted, capsys):
-    champion_before = tracking.client().get_model_version_by_alias("crackcls", "champion").version
+    champion_before = store.client().get_model_version_by_alias("crackcls", "champion").version
     with pytest.raises(SystemExit) as caught:
         cli.main(["promote", "--version", "999"])
     assert caught.value.code == 2
     err = capsys.readouterr().err
     assert err.startswith("error: model 'crackcls' has no version 999 in sqlite:///")
     assert "Traceback" not in err
-    assert tracking.client().get_model_version_by_alias("crackcls", "champion").version == champion_before
+    assert store.client().get_model_version_by_alias("crackcls", "champion").version == champion_before
 
 
 @pytest.mark.parametrize("version", ["abc", "0", "-1"])
@@ -703,7 +709,7 @@ def test_promote_malformed_version_is_a_clear_error(in_promoted, capsys, version
 
 def test_promote_corrupt_model_artifact_is_a_clear_error(in_promoted, capsys):
     project = in_promoted
-    client = tracking.client()
+    client = store.client()
     champion_before = client.get_model_version_by_alias("crackcls", "champion").version
     version = _register(load_model_file(project / paths.MODEL_FILE), project)
     keras_files = sorted(_artifact_dir(client, "crackcls", version).rglob("*.keras"))
@@ -718,7 +724,7 @@ def test_promote_corrupt_model_artifact_is_a_clear_error(in_promoted, capsys):
     err = capsys.readouterr().err
     assert err.startswith("error: cannot load model ") and "corrupt" in err
     assert "Traceback" not in err
-    assert tracking.client().get_model_version_by_alias("crackcls", "champion").version == champion_before
+    assert store.client().get_model_version_by_alias("crackcls", "champion").version == champion_before
 
 
 # ---------------------------------------------------------------------------------------------

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from crackcls import companions, familiarity
-from crackcls.errors import CrackclsError
+from crackcls.trust import companions, familiarity
+from crackcls.util.errors import CrackclsError
 
 
 def _features(rng, n, shift=0.0, d=64):

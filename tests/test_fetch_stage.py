@@ -18,8 +18,9 @@ import pytest
 import yaml
 from PIL import Image
 
-from crackcls.errors import CrackclsError
+from crackcls.data import fetching
 from crackcls.stages import fetch
+from crackcls.util.errors import CrackclsError
 
 REPO_SAMPLE = Path(__file__).resolve().parents[1] / "sample"
 
@@ -110,7 +111,7 @@ def test_mendeley_download_then_bad_checksum_keeps_previous_data(
     assert sorted(before) == [f"Negative/{i:05d}.jpg" for i in range(100, 103)] + [f"Positive/{i:05d}.jpg" for i in range(3)]
     report = json.loads((project / "reports" / "fetch.json").read_text())
     assert report["source"] == "mendeley" and report["files"] == {"Negative": 3, "Positive": 3}
-    assert (project / fetch.MANUAL_PATH).is_file()
+    assert (project / fetching.MANUAL_PATH).is_file()
 
     write_params(project, url=f"{base}/file_downloaded", sha256="0" * 64, size=len(payload))
     code, err = run_main(capsys)
@@ -123,7 +124,7 @@ def test_decompression_bomb_keeps_previous_data(
     project: Path, served: tuple[Path, str], capsys: pytest.CaptureFixture[str]
 ) -> None:
     www, base = served
-    fetch.copy_dataset(REPO_SAMPLE, project / "data" / "raw")
+    fetching.copy_dataset(REPO_SAMPLE, project / "data" / "raw")
     before = raw_snapshot(project)
     payload = dataset_zip(extra={"Positive/huge.bmp": bytes(3 * 2**20)})
     (www / "f").write_bytes(payload)
@@ -136,8 +137,8 @@ def test_decompression_bomb_keeps_previous_data(
 
 def test_manual_download_is_used_without_network(project: Path, capsys: pytest.CaptureFixture[str]) -> None:
     payload = dataset_zip()
-    (project / fetch.MANUAL_PATH).parent.mkdir()
-    (project / fetch.MANUAL_PATH).write_bytes(payload)
+    (project / fetching.MANUAL_PATH).parent.mkdir()
+    (project / fetching.MANUAL_PATH).write_bytes(payload)
     write_params(project, url=closed_port_url(), sha256=sha(payload), size=len(payload))
     assert run_main(capsys)[0] == 0
     assert len(raw_snapshot(project)) == 6
@@ -147,8 +148,8 @@ def test_dvc_temp_copy_reuses_the_projects_verified_archive(
     project: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     payload = dataset_zip()
-    (project / fetch.MANUAL_PATH).parent.mkdir()
-    (project / fetch.MANUAL_PATH).write_bytes(payload)
+    (project / fetching.MANUAL_PATH).parent.mkdir()
+    (project / fetching.MANUAL_PATH).write_bytes(payload)
     copy = project / ".dvc" / "tmp" / "exps" / "tmpabc123"
     copy.mkdir(parents=True)
     (copy / "sample").symlink_to(REPO_SAMPLE)
@@ -156,8 +157,8 @@ def test_dvc_temp_copy_reuses_the_projects_verified_archive(
     monkeypatch.chdir(copy)
     assert run_main(capsys)[0] == 0
     assert len(raw_snapshot(copy)) == 6
-    assert not (copy / fetch.DOWNLOAD_DIR).exists(), "the copy must not download its own archive"
-    assert (project / fetch.MANUAL_PATH).read_bytes() == payload
+    assert not (copy / fetching.DOWNLOAD_DIR).exists(), "the copy must not download its own archive"
+    assert (project / fetching.MANUAL_PATH).read_bytes() == payload
 
 
 def test_mirror_zip_holding_the_rar(
@@ -213,7 +214,7 @@ def test_folder_without_images_is_refused(tmp_path: Path) -> None:
     (tmp_path / "d" / "Positive").mkdir(parents=True)
     (tmp_path / "d" / "Negative").mkdir()
     with pytest.raises(CrackclsError, match="holds no images"):
-        fetch.copy_dataset(tmp_path / "d", tmp_path / "raw")
+        fetching.copy_dataset(tmp_path / "d", tmp_path / "raw")
     assert not (tmp_path / "raw").exists()
 
 
@@ -236,7 +237,7 @@ def test_disk_full_while_extracting_keeps_previous_data(
     assert run_main(capsys)[0] == 0
     before = raw_snapshot(project)
 
-    import crackcls.archive
+    import crackcls.data.archive
 
     real_open = Path.open
 
@@ -245,7 +246,7 @@ def test_disk_full_while_extracting_keeps_previous_data(
             _disk_full()
         return real_open(self, mode, *args, **kwargs)
 
-    monkeypatch.setattr(crackcls.archive.Path, "open", failing_open)
+    monkeypatch.setattr(crackcls.data.archive.Path, "open", failing_open)
     code, err = run_main(capsys)
     assert code == 2 and "No space left on device" in err and "Traceback" not in err
     assert raw_snapshot(project) == before
@@ -256,9 +257,9 @@ def test_disk_full_while_downloading_is_a_clear_error(
     project: Path, served: tuple[Path, str], capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     serve_dataset(project, served)
-    import crackcls.download
+    import crackcls.data.download
 
-    monkeypatch.setattr(crackcls.download, "_stream_to", _disk_full)
+    monkeypatch.setattr(crackcls.data.download, "_stream_to", _disk_full)
     code, err = run_main(capsys)
     assert code == 2
     assert "No space left on device" in err and "Free disk space" in err and "Traceback" not in err

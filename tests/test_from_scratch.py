@@ -8,7 +8,6 @@ or BatchNorm statistics that do not match the weights all show up as lost accura
 
 from __future__ import annotations
 
-import json
 import shutil
 from pathlib import Path
 
@@ -16,10 +15,10 @@ import numpy as np
 import pytest
 from conftest import deep_merge, run_pipeline_in_process, use_project_store, write_params
 
-from crackcls import paths
-from crackcls.evaluation import evaluate_items
-from crackcls.model import load_model_file
-from crackcls.splitting import Item
+from crackcls.util import paths
+from crackcls.model.evaluation import evaluate_items
+from crackcls.model.inference import load_model_file
+from crackcls.data.splitting import Item
 
 # Measured (compact_cnn, 64 px, 8 epochs, 150 + 150 training images, 400 unseen images),
 # train.seed 42, 1, 2, 3: accuracy 0.980-0.985, precision 0.985-0.990, recall 0.970-0.980.
@@ -119,9 +118,9 @@ def test_recalibrated_batchnorm_makes_inference_match_training_statistics(backbo
     import keras
     from conftest import REPO_ROOT
 
-    from crackcls.config import ModelConfig, TrainConfig
-    from crackcls.images import load_rgb
-    from crackcls.model import build_model, calibrate_batchnorm
+    from crackcls.model.settings import ModelConfig, TrainConfig
+    from crackcls.data.images import load_rgb
+    from crackcls.model.build import build_model, calibrate_batchnorm
 
     keras.utils.set_random_seed(0)
     crack = build_model(ModelConfig(backbone=backbone, weights="none", image_size=48), TrainConfig())

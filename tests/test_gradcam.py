@@ -9,12 +9,14 @@ import numpy as np
 import pytest
 from conftest import REPO_ROOT
 
-from crackcls.config import BACKBONES, ModelConfig, TrainConfig
-from crackcls.errors import CrackclsError
-from crackcls.evaluation import Evaluation, worst_mistakes, write_error_gallery
-from crackcls.gradcam import GradCam, overlay, save_png
-from crackcls.images import load_rgb
-from crackcls.model import build_model, calibrate_batchnorm, load_model_file
+from crackcls.model.settings import BACKBONES, ModelConfig, TrainConfig
+from crackcls.util.errors import CrackclsError
+from crackcls.model.evaluation import Evaluation, worst_mistakes
+from crackcls.photos.gradcam import write_error_gallery
+from crackcls.photos.gradcam import GradCam, overlay, save_png
+from crackcls.data.images import load_rgb
+from crackcls.model.build import build_model, calibrate_batchnorm
+from crackcls.model.inference import load_model_file
 
 POSITIVE = sorted((REPO_ROOT / "sample" / "Positive").glob("*.jpg"))
 NEGATIVE = sorted((REPO_ROOT / "sample" / "Negative").glob("*.jpg"))

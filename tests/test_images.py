@@ -20,9 +20,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image, ImageFile
 
-from crackcls import images
-from crackcls.errors import CrackclsError
-from crackcls.images import (
+from crackcls.data import images
+from crackcls.util.errors import CrackclsError
+from crackcls.data.images import (
     CORRUPT,
     EMPTY,
     NOT_IMAGE,

@@ -7,8 +7,8 @@ import math
 import numpy as np
 import pytest
 
-from crackcls.intervals import bootstrap, format_interval, metric_intervals, wilson
-from crackcls.metrics import classification_metrics
+from crackcls.trust.intervals import bootstrap, format_interval, metric_intervals, wilson
+from crackcls.trust.metrics import classification_metrics
 
 
 def test_wilson_matches_a_hand_computed_interval():
@@ -72,7 +72,7 @@ def test_metric_intervals_are_flat_keys_around_the_estimate():
 def test_bootstrap_auc_matches_sklearn_on_every_resample_shape():
     from sklearn.metrics import roc_auc_score
 
-    from crackcls.intervals import _auc
+    from crackcls.trust.intervals import _auc
 
     rng = np.random.default_rng(7)
     labels = rng.integers(0, 2, (20, 30))

@@ -10,7 +10,7 @@ from pathlib import Path
 from dvc_data.hashfile.hash_info import HashInfo
 from dvc_data.hashfile.tree import Tree
 
-from crackcls import lineage
+from crackcls.tracking import lineage
 
 
 def test_dir_hash_matches_dvc_data(tmp_path: Path):
@@ -35,14 +35,15 @@ def test_cache_path_is_dvc3s_layout(tmp_path: Path):
 def test_logging_the_split_warns_nothing_and_tags_the_run(tiny_project: Path):
     import mlflow
 
-    from crackcls import manifest, tracking
-    from crackcls.splitting import Item
+    from crackcls.data import manifest
+    from crackcls.tracking import store
+    from crackcls.data.splitting import Item
 
     split_dir = tiny_project / "data" / "split"
     for n, split in enumerate(manifest.SPLITS):
         manifest.write(manifest.manifest_path(split, split_dir), [Item(f"data/raw/Positive/{split}.jpg", 1, "ab" * 32)] * (n + 1))
     (tiny_project / "dvc.lock").write_text("schema: '2.0'\n")
-    tracking.configure("tests")
+    store.configure("tests")
     with warnings.catch_warnings(record=True) as caught, mlflow.start_run() as run:
         warnings.simplefilter("always")
         tags = lineage.log_split_lineage(tiny_project)
@@ -51,7 +52,7 @@ def test_logging_the_split_warns_nothing_and_tags_the_run(tiny_project: Path):
         "dvc_split_md5": lineage.dir_hash(split_dir),
         "dvc_lock_md5": hashlib.md5(b"schema: '2.0'\n").hexdigest(),
     }
-    logged = tracking.client().get_run(run.info.run_id)
+    logged = store.client().get_run(run.info.run_id)
     assert logged.data.tags["dvc_lock_md5"] == tags["dvc_lock_md5"]
     rows = {i.dataset.name: json.loads(i.dataset.profile)["num_rows"] for i in logged.inputs.dataset_inputs}
     assert rows == {"data/split/train.csv": 1, "data/split/val.csv": 2, "data/split/test.csv": 3}

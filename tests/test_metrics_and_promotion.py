@@ -7,8 +7,8 @@ import math
 import numpy as np
 import pytest
 
-from crackcls.metrics import classification_metrics, json_safe, pr_points, roc_points
-from crackcls.promotion import decide
+from crackcls.trust.metrics import classification_metrics, json_safe, pr_points, roc_points
+from crackcls.trust.promotion import decide
 
 
 def test_metrics_match_hand_counts():

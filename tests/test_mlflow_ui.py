@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 from conftest import BIN_DIR, TINY_PARAMS, deep_merge, free_port, local_server, run_pipeline_in_process, subprocess_env, write_params
 
-from crackcls import tracking
+from crackcls.tracking import store
 
 
 def find_chromium() -> str | None:
@@ -96,8 +96,8 @@ def ui_store(tiny_project) -> dict:
     config = load_config(tiny_project / "params.yaml")
     second = train.run(config, tiny_project)  # the feature cache does not depend on epochs
     evaluate.run(config, tiny_project)
-    tracking.configure_uri_only()
-    client = tracking.client()
+    store.configure_uri_only()
+    client = store.client()
     client.set_registered_model_alias(MODEL, "champion", first["registered_model_version"])
     return {"project": tiny_project, "champion": first, "challenger": second, "run": client.get_run(first["run_id"])}
 
@@ -127,14 +127,14 @@ def test_ui_shows_runs_params_metrics_and_the_registered_model(ui_store, ui_serv
 
     # What `make ui` links to: the training-runs table, not MLflow 3's GenAI overview.
     first_view = render(
-        tracking.runs_url(ui_server, experiment_id),
+        store.runs_url(ui_server, experiment_id),
         tmp_path / "ui_first.png",
         profile,
         ["Runs - Experiment", run_name, "2 matching runs", "Dataset", "data/split/train.csv"],
     )
     assert first_view.startswith(f"Runs - Experiment {experiment_id}"), first_view[:300]  # the page title
     assert "Token Usage" not in first_view and "Detect Issues" not in first_view
-    assert tracking.client().get_experiment(experiment_id).tags["mlflow.experimentKind"] == "custom_model_development"
+    assert store.client().get_experiment(experiment_id).tags["mlflow.experimentKind"] == "custom_model_development"
 
     runs_page = render(
         f"{ui_server}/#/experiments/{experiment_id}/runs", tmp_path / "ui.png", profile, [run_name, "2 matching runs"]

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 from conftest import REPO_ROOT, build_tiny_project, free_port, subprocess_env, use_project_store, write_params
 
-from crackcls import distributed
+from crackcls.model import distributed
 
 WORKERS = 2
 TIMEOUT_S = 420
@@ -89,7 +89,7 @@ def test_tf_config_decides_who_is_chief():
     with_chief = {"cluster": {"chief": ["a:1"], "worker": ["b:2"]}, "task": {"type": "worker", "index": 0}}
     assert not distributed.task({"TF_CONFIG": json.dumps(with_chief)}).is_chief
     assert distributed.task({"TF_CONFIG": json.dumps({**with_chief, "task": {"type": "chief", "index": 0}})}).is_chief
-    from crackcls.errors import CrackclsError
+    from crackcls.util.errors import CrackclsError
 
     for bad in ("{not json", json.dumps({"cluster": {"worker": ["a:1"]}, "task": {"type": "worker", "index": 3}})):
         with pytest.raises(CrackclsError, match="TF_CONFIG"):
@@ -133,8 +133,8 @@ def test_only_the_chief_writes_the_model_and_one_mlflow_run(cluster_run):
 
 @pytest.mark.e2e
 def test_the_model_loads_and_predicts(cluster_run):
-    from crackcls.evaluation import score_files
-    from crackcls.model import load_model_file
+    from crackcls.model.inference import score_files
+    from crackcls.model.inference import load_model_file
 
     chief = cluster_run[0]
     model = load_model_file(chief / "models/model.keras")

@@ -8,7 +8,8 @@ import json
 import mlflow
 from conftest import run_pipeline_in_process
 
-from crackcls import lineage, manifest, tracking
+from crackcls.data import manifest
+from crackcls.tracking import lineage, store
 
 
 def test_stages_produce_reports_and_register_a_challenger(tiny_project):
@@ -39,13 +40,13 @@ def test_stages_produce_reports_and_register_a_challenger(tiny_project):
         assert (tiny_project / "reports" / png).read_bytes()[:4] == b"\x89PNG"
 
     info = results["train"]
-    tracking.configure_uri_only()
+    store.configure_uri_only()
     run = mlflow.get_run(info["run_id"])
     assert run.data.params["model.backbone"] == "compact_cnn"
     assert run.data.params["train.epochs"] == "3"
     assert "test_f1" in run.data.metrics and "val_loss" in run.data.metrics
     assert run.data.tags["stage"] == "train"
-    client = tracking.client()
+    client = store.client()
     losses = client.get_metric_history(info["run_id"], "loss")
     assert len(losses) == info["epochs_trained"]
     artifacts = {a.path for a in client.list_artifacts(info["run_id"], "evaluation")}

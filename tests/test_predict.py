@@ -12,8 +12,9 @@ from pathlib import Path
 import pytest
 from conftest import REPO_ROOT, trained_tiny_project, use_project_store
 
-from crackcls import cli, tracking
-from crackcls.errors import CrackclsError
+from crackcls import cli
+from crackcls.tracking import store
+from crackcls.util.errors import CrackclsError
 from crackcls.jobs import predict
 
 CHALLENGER = "models:/crackcls@challenger"
@@ -158,8 +159,8 @@ def test_default_model_is_the_champion(project, capsys, monkeypatch, tmp_path):
     code, out, err = run_cli(capsys, "sample/Positive/00047.jpg")
     assert code == 2 and err.startswith("error: registered model 'crackcls' has no @champion")
 
-    tracking.configure_uri_only()
-    client = tracking.client()
+    store.configure_uri_only()
+    client = store.client()
     client.set_registered_model_alias("crackcls", "champion", "1")
     try:
         champion = predict.run(["sample/Positive"])

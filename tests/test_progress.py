@@ -8,14 +8,15 @@ import sys
 import numpy as np
 import pytest
 
-from crackcls import features, progress  # first: crackcls quiets TensorFlow's start-up
+from crackcls.model import features  # first: crackcls quiets TensorFlow's start-up
+from crackcls.util import progress
 import keras  # noqa: E402
 import tensorflow as tf  # noqa: E402
 from crackcls.config import Config
-from crackcls.data import image_dataset
-from crackcls.evaluation import evaluate_items
-from crackcls.model import build_model
-from crackcls.splitting import Item
+from crackcls.data.pipeline import image_dataset
+from crackcls.model.evaluation import evaluate_items
+from crackcls.model.build import build_model
+from crackcls.data.splitting import Item
 from conftest import REPO_ROOT
 
 
@@ -97,7 +98,7 @@ def tiny_model():
 def test_feature_extraction_reports_every_image(tiny_model):
     seen: list[int] = []
     ds = image_dataset(SAMPLE, None, 32, 4, keep_flags=True)
-    values, kept = features.extract(tiny_model.features, tiny_model.augment, ds, views=1, progress=seen.append)
+    values, kept = features.extract(tiny_model.features, tiny_model.augment, ds, views=1, on_batch=seen.append)
     assert seen == [4, 4, 2] and len(values) == len(kept) == 10
 
 

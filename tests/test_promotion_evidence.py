@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from crackcls.promotion import decide, mcnemar, mcnemar_from_counts
+from crackcls.trust.promotion import decide, mcnemar, mcnemar_from_counts
 
 
 @pytest.mark.parametrize(
@@ -59,7 +59,7 @@ def test_the_first_champion_needs_no_test():
 
 
 def test_the_job_pairs_the_two_models_image_by_image_at_their_own_thresholds():
-    from crackcls.evaluation import Evaluation
+    from crackcls.model.evaluation import Evaluation
     from crackcls.jobs.promote import paired_test
 
     y = np.array([1, 1, 0, 0, 1])

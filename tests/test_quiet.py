@@ -7,9 +7,9 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import REPO_ROOT, subprocess_env
+from conftest import committed_file_text, subprocess_env
 
-from crackcls import quiet
+from crackcls.util import quiet
 
 # What TensorFlow 2.21 prints on a CPU-only machine before any crackcls output.
 START_UP = b"""\
@@ -78,7 +78,7 @@ def test_lines_written_inside_the_filter_come_back_in_order(tmp_path):
 
 @pytest.mark.skipif(quiet.has_nvidia_device(), reason="CUDA lines are kept on a machine with a GPU")
 def test_a_stage_that_fails_shows_its_error_and_no_start_up_lines(tmp_path):
-    (tmp_path / "params.yaml").write_text((REPO_ROOT / "params.yaml").read_text())
+    (tmp_path / "params.yaml").write_text(committed_file_text("params.yaml"))
     result = subprocess.run(
         [sys.executable, "-m", "crackcls.stages.evaluate"], cwd=tmp_path, capture_output=True, text=True,
         env=subprocess_env(), timeout=300,

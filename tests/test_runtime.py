@@ -6,9 +6,9 @@ import keras
 import numpy as np
 import pytest
 
-from crackcls import runtime
+from crackcls.model import runtime
 from crackcls.config import parse_config
-from crackcls.model import build_model
+from crackcls.model.build import build_model
 
 
 @pytest.fixture

@@ -10,13 +10,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import yaml
 from conftest import PATCH, REPO_ROOT, build_mosaic, crack_path, subprocess_env
 from PIL import Image
 
-from crackcls.errors import CrackclsError
-from crackcls.images import SkipReport, load_rgb, patch_rgb
-from crackcls.scan import (
+from crackcls.util.errors import CrackclsError
+from crackcls.data.images import SkipReport, load_rgb, patch_rgb
+from crackcls.photos.scan import (
     ScanSettings,
     aggregate,
     components,
@@ -34,7 +33,7 @@ def train_patch_model(target: Path) -> Path:
     """A small CNN trained on the bundled sample's patches (never on the shared sample the mosaics use)."""
     import keras
 
-    from crackcls.images import load_batch
+    from crackcls.data.images import load_batch
 
     arrays, labels = [], []
     for label, name in enumerate(("Negative", "Positive")):
@@ -138,7 +137,7 @@ def test_command_line_settings_override_params():
 def test_the_threshold_stored_with_the_model_applies_unless_one_is_given():
     import keras
 
-    from crackcls import companions
+    from crackcls.trust import companions
     from crackcls.config import parse_config
     from crackcls.jobs.scan import settings_from
 
@@ -376,7 +375,8 @@ def test_predict_flags_whole_photos_and_points_to_scan(patch_model, mosaics, tmp
 def test_evaluate_scan_gives_photo_and_tile_metrics_in_mlflow(patch_model, mosaics, tiny_project, capsys):
     import mlflow
 
-    from crackcls import cli, tracking
+    from crackcls import cli
+    from crackcls.tracking import store
 
     truth = {name: [cell_box(r, c) for r, c in cells] for name, cells in mosaics["cells"].items()}
     (tiny_project / "truth.json").write_text(json.dumps(truth))
@@ -390,7 +390,7 @@ def test_evaluate_scan_gives_photo_and_tile_metrics_in_mlflow(patch_model, mosai
     assert tiles["tile_photos"] == 8 and tiles["tile_tp"] + tiles["tile_fn"] == sum(map(len, mosaics["cells"].values()))
     assert tiles["tile_recall"] >= 0.75 and tiles["fp_tiles_per_photo"] <= 1
     assert "tile_recall" in capsys.readouterr().out
-    tracking.configure_uri_only()
+    store.configure_uri_only()
     runs = mlflow.search_runs(experiment_names=["tests"], output_format="list")
     logged = runs[0].data
     assert logged.metrics["scan_accuracy"] == 1.0 and logged.metrics["scan_tile_recall"] == pytest.approx(tiles["tile_recall"])
@@ -409,9 +409,9 @@ def test_evaluate_tile_truth_without_scan_is_refused(tiny_project):
 MEMORY_SCRIPT = """
 import re, sys
 from pathlib import Path
-from crackcls.evaluation import load_model
-from crackcls.images import SkipReport
-from crackcls.scan import ScanSettings, scan_files
+from crackcls.tracking.registry import load_model
+from crackcls.data.images import SkipReport
+from crackcls.photos.scan import ScanSettings, scan_files
 def peak_mb():
     return int(re.search(r"VmHWM:\\s+(\\d+) kB", Path("/proc/self/status").read_text()).group(1)) // 1024
 model, _ = load_model(sys.argv[1])

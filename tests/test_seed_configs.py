@@ -15,15 +15,14 @@ import csv
 import json
 import re
 import shlex
-import shutil
 from pathlib import Path
 
 import mlflow
 import pytest
 import yaml
-from conftest import REPO_ROOT, TINY_PARAMS, deep_merge, pretrained_params, run_pipeline_in_process, write_params
+from conftest import REPO_ROOT, TINY_PARAMS, committed_file_text, committed_params, deep_merge, pretrained_params, run_pipeline_in_process, write_params
 
-from crackcls import tracking
+from crackcls.tracking import store
 from crackcls.config import load_config
 
 EXPERIMENTS = REPO_ROOT / "experiments"
@@ -94,7 +93,7 @@ def overrides_as_dict(overrides: list[str]) -> dict[str, object]:
 
 
 def flatten(prefix: str, value) -> dict[str, object]:
-    return tracking.flatten(prefix, value)
+    return store.flatten(prefix, value)
 
 
 def seed_yaml(name: str) -> dict:
@@ -106,7 +105,7 @@ def apply_like_dvc(tmp_path: Path, overrides: list[str]) -> Path:
     from dvc.utils.hydra import apply_overrides
 
     params = tmp_path / "params.yaml"
-    shutil.copy(REPO_ROOT / "params.yaml", params)
+    params.write_text(committed_file_text("params.yaml"))
     apply_overrides(params, overrides)
     return params
 
@@ -144,7 +143,7 @@ def test_configuration_applies_to_params_yaml_and_validates(name, tmp_path):
         assert key in applied, f"{key} is not a params.yaml key"
         assert applied[key] == value, f"{key}: {applied[key]!r} != {value!r}"
     # the YAML form, deep-merged, gives the same params as DVC's -S
-    merged = deep_merge(yaml.safe_load((REPO_ROOT / "params.yaml").read_text()), seed_yaml(name))
+    merged = deep_merge(committed_params(), seed_yaml(name))
     assert yaml.safe_load(params_file.read_text()) == merged
 
 
@@ -177,7 +176,7 @@ def test_70_30_configuration_trains_and_evaluates_without_a_validation_split(tin
     metrics = json.loads((tiny_project / "reports/metrics.json").read_text())
     assert metrics["n"] == 24
 
-    tracking.configure_uri_only()
+    store.configure_uri_only()
     run = mlflow.get_run(results["train"]["run_id"])
     assert run.data.params["data.split.val"] == "0.0"
     assert "loss" in run.data.metrics and "test_f1" in run.data.metrics
@@ -203,11 +202,11 @@ def test_resnet50_fine_tune_configuration_runs_both_phases(tiny_project):
     assert phases.count("frozen") >= 1
     assert results["train"]["epochs_trained"] == len(phases)
 
-    tracking.configure_uri_only()
+    store.configure_uri_only()
     run = mlflow.get_run(results["train"]["run_id"])
     assert run.data.params["model.backbone"] == "resnet50"
     assert run.data.params["model.fine_tune_layers"] == "30"
     assert 0 < int(run.data.params["fine_tune_layers_unfrozen"]) <= 30
     assert "test_f1" in run.data.metrics
-    losses = tracking.client().get_metric_history(run.info.run_id, "loss")
+    losses = store.client().get_metric_history(run.info.run_id, "loss")
     assert [m.step for m in losses] == list(range(1, len(phases) + 1)), "epochs are stepped across both phases"

@@ -24,7 +24,7 @@ from conftest import (
 )
 
 from crackcls.jobs import predict
-from crackcls.serving import encode_file
+from crackcls.tracking.serving import encode_file
 
 MODEL_URI = "models:/crackcls@challenger"
 # The command the README shows, verbatim but for the port.
@@ -120,12 +120,12 @@ def test_registered_version_is_the_pyfunc_beside_the_keras_flavour(project, monk
     import mlflow
     from mlflow.models import Model
 
-    from crackcls import tracking
-    from crackcls.evaluation import load_model
+    from crackcls.tracking import store
+    from crackcls.tracking.registry import load_model
 
     info = json.loads((project / "models/run.json").read_text())
-    tracking.configure_uri_only()
-    version = tracking.client().get_model_version_by_alias("crackcls", "challenger")
+    store.configure_uri_only()
+    version = store.client().get_model_version_by_alias("crackcls", "challenger")
     assert version.run_id == info["run_id"]
     served = Model.load(mlflow.artifacts.download_artifacts(f"{MODEL_URI}/MLmodel"))
     assert set(served.flavors) == {"python_function"}
@@ -139,7 +139,7 @@ def test_registered_version_is_the_pyfunc_beside_the_keras_flavour(project, monk
         assert run_id == info["run_id"] and model.input_shape == (None, 48, 48, 3)
 
     assert (project / "reports/error_gallery.png").read_bytes()[:4] == b"\x89PNG"
-    logged = {a.path for a in tracking.client().list_artifacts(info["run_id"], "evaluation")}
+    logged = {a.path for a in store.client().list_artifacts(info["run_id"], "evaluation")}
     assert "evaluation/error_gallery.png" in logged
 
 
@@ -147,9 +147,9 @@ def test_a_whole_photo_is_scanned_when_the_request_asks(project, server, monkeyp
     """``"params": {"scan": true}``: the photo verdict and regions, the same as ``crackcls scan`` with that model."""
     from PIL import Image
 
-    from crackcls.evaluation import load_model
+    from crackcls.tracking.registry import load_model
     from crackcls.jobs.scan import scan_paths
-    from crackcls.scan import ScanSettings
+    from crackcls.photos.scan import ScanSettings
 
     photo = tmp_path / "mosaic.jpg"
     Image.fromarray(build_mosaic(REPO_ROOT / "sample", 3, 4, [(0, 1), (1, 1), (1, 2)], seed=1)).save(photo, quality=95)

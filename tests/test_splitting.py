@@ -6,7 +6,7 @@ from collections import Counter
 
 import pytest
 
-from crackcls.splitting import Item, cap_per_class, collapse_duplicates, stratified_split
+from crackcls.data.splitting import Item, cap_per_class, collapse_duplicates, stratified_split
 
 
 def make_items(n_pos: int, n_neg: int, prefix: str = "") -> list[Item]:

@@ -36,8 +36,8 @@ from conftest import (
     use_project_store,
 )
 
-from crackcls import teamserver
-from crackcls.serving import encode_file
+from crackcls.tracking import teamserver
+from crackcls.tracking.serving import encode_file
 
 MODEL = "crackcls"
 STARTUP_TIMEOUT_S = 180

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from crackcls import calibration, thresholds
-from crackcls.errors import CrackclsError
+from crackcls.trust import calibration, thresholds
+from crackcls.util.errors import CrackclsError
 
 
 def test_threshold_is_the_highest_that_reaches_the_target_on_validation():

@@ -4,7 +4,6 @@ intervals, familiarity and the model card, as predict, evaluate and the registry
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -31,9 +30,10 @@ def here(project, monkeypatch):
 
 
 def test_threshold_is_chosen_on_validation_for_the_target_recall(here):
-    from crackcls import manifest, thresholds
-    from crackcls.evaluation import predict_files
-    from crackcls.model import load_model_file
+    from crackcls.data import manifest
+    from crackcls.trust import thresholds
+    from crackcls.model.inference import predict_files
+    from crackcls.model.inference import load_model_file
 
     decision = json.loads((here / "models/model.decision.json").read_text())
     assert decision["target_recall"] == TARGET and decision["temperature"] > 0
@@ -77,13 +77,13 @@ def test_predict_uses_the_stored_threshold_and_reports_familiarity(here):
 def test_registered_version_carries_threshold_companions_and_model_card(here):
     import mlflow
 
-    from crackcls import tracking
-    from crackcls.companions import of
-    from crackcls.evaluation import load_model
+    from crackcls.tracking import store
+    from crackcls.trust.companions import of
+    from crackcls.tracking.registry import load_model
 
     decision = json.loads((here / "models/model.decision.json").read_text())
-    tracking.configure_uri_only()
-    version = tracking.client().get_model_version_by_alias("crackcls", "challenger")
+    store.configure_uri_only()
+    version = store.client().get_model_version_by_alias("crackcls", "challenger")
     assert float(version.tags["threshold"]) == pytest.approx(decision["threshold"], rel=1e-5)
     assert version.tags["target_recall"] == str(TARGET)
     assert version.tags["test_recall_ci95"].startswith("[")

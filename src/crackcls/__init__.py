@@ -2,7 +2,7 @@
 
 import os
 
-from crackcls import quiet
+from crackcls.util import quiet
 
 # Quiet TensorFlow's C++ start-up chatter and MLflow's per-file progress bars;
 # users can still set either variable themselves.

@@ -6,7 +6,7 @@ import argparse
 import importlib
 import sys
 
-from crackcls.errors import CrackclsError, user_errors_exit
+from crackcls.util.errors import CrackclsError, user_errors_exit
 
 STAGES = ("fetch", "split", "features", "train", "evaluate")
 
@@ -36,7 +36,7 @@ def _stage(args: argparse.Namespace) -> int:
 
 def _evaluate(args: argparse.Namespace) -> int:
     from crackcls.jobs import evaluate
-    from crackcls.stages.evaluate import print_metrics
+    from crackcls.model.evaluation import metrics_text
 
     if args.tile_truth and not args.scan:
         raise CrackclsError("--tile-truth needs --scan")
@@ -46,7 +46,7 @@ def _evaluate(args: argparse.Namespace) -> int:
         outcome = evaluate.run_scan(args.model, args.data, args.out, args.tile_truth)
     else:
         outcome = evaluate.run(args.model, args.data, args.out)
-    print_metrics(f"{args.model} on {args.data or 'the test split'}", outcome["result"].metrics)
+    print(metrics_text(f"{args.model} on {args.data or 'the test split'}", outcome["result"].metrics))
     for key, value in outcome.get("tile_metrics", {}).items():
         print(f"  {key:<20} {value:.4f}" if isinstance(value, float) else f"  {key:<20} {value}")
     skipped = outcome["result"].skipped.count
@@ -106,10 +106,10 @@ def _scan(args: argparse.Namespace) -> int:
 
 
 def _ui_link(args: argparse.Namespace) -> int:
-    from crackcls import tracking
     from crackcls.config import load_config
+    from crackcls.tracking import store
 
-    print(tracking.runs_url(args.base, tracking.configure(load_config().mlflow.experiment)))
+    print(store.runs_url(args.base, store.configure(load_config().mlflow.experiment)))
     return 0
 
 
@@ -128,7 +128,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--data", default=None, help="a folder with Positive/ and Negative/ (default: the test split)")
     evaluate.add_argument("--out", default=None, help="report folder (default: reports/eval/<model>-<data>)")
     evaluate.add_argument("--scan", action="store_true", help="--data holds whole photos: scan each tile by tile and score the photo verdicts")
-    evaluate.add_argument("--tile-truth", default=None, metavar="FILE", help="with --scan: JSON of crack boxes per photo (see README) for tile-level recall and precision")
+    evaluate.add_argument("--tile-truth", default=None, metavar="FILE", help="with --scan: JSON of crack boxes per photo (docs/scan.md) for tile-level recall and precision")
     evaluate.set_defaults(func=_evaluate)
 
     promote = sub.add_parser("promote", help="move @champion to the @challenger version if it is better on the test split")

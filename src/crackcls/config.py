@@ -7,178 +7,53 @@ to discover a typo.
 
 from __future__ import annotations
 
-import math
 import os
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
 from pydantic import (
-    BaseModel,
-    ConfigDict,
     Field,
     ValidationError,
-    field_validator,
-    model_validator,
 )
 
-from crackcls import paths
-from crackcls.errors import CrackclsError
-from crackcls.images import layout_problem
+from crackcls.data.settings import (  # noqa: F401 - the data sections are part of this module's interface
+    MENDELEY_SHA256,
+    MENDELEY_URL,
+    DataConfig,
+    DownloadConfig,
+    SplitRatios,
+)
+from crackcls.model.settings import (  # noqa: F401 - the model sections are part of this module's interface
+    BACKBONES,
+    MAX_IMAGE_SIZE,
+    MIN_IMAGE_SIZE,
+    AugmentConfig,
+    Backbone,
+    ModelConfig,
+    ScratchConfig,
+    TrainConfig,
+)
+from crackcls.util import paths
+from crackcls.util.errors import CrackclsError
+from crackcls.util.schema import Section
 
-Backbone = Literal["compact_cnn", "mobilenet_v2", "mobilenet_v3_small", "mobilenet_v3_large", "resnet50", "efficientnet_b0"]
-BACKBONES: tuple[str, ...] = Backbone.__args__  # type: ignore[attr-defined]
 PromoteMetric = Literal["accuracy", "precision", "recall", "f1", "roc_auc"]
-Schedule = Literal["cosine", "constant"]
-
-MENDELEY_URL = (
-    "https://data.mendeley.com/public-files/datasets/5y9wdsg2zt/files/"
-    "8a70d8a5-bce9-4291-bab9-b48cfb3e87c3/file_downloaded"
-)
-MENDELEY_MIRROR_URL = "https://prod-dcd-datasets-cache-zipfiles.s3.eu-west-1.amazonaws.com/5y9wdsg2zt-2.zip"
-MENDELEY_SHA256 = "08d7dc505a4f5a0330cee2fa2a1ae4b5b4f98bcffd0549b774caf7959bb1f02f"
-MENDELEY_SIZE = 241_363_336
-
-# Smallest input each Keras application accepts with include_top=False; the upper
-# bound keeps a typo (2240) from exhausting memory.
-MIN_IMAGE_SIZE = 32
-MAX_IMAGE_SIZE = 1024
 
 
 class ConfigError(CrackclsError, ValueError):
     """params.yaml holds a value the pipeline cannot use."""
 
 
-class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class DownloadConfig(_Section):
-    url: str = MENDELEY_URL
-    sha256: str = MENDELEY_SHA256
-    size: int | None = MENDELEY_SIZE
-    # The whole-dataset zip holds the same RAR; its own checksum is not published,
-    # so the RAR inside it is verified against ``sha256`` instead.
-    mirror_url: str | None = MENDELEY_MIRROR_URL
-    retries: int = Field(default=5, ge=0, le=50)
-    timeout_s: float = Field(default=60.0, gt=0)
-    user_agent: str = "crackcls/0.1 (+dataset fetch; python-requests)"
-    max_extract_mb: int = Field(default=4096, gt=0, description="decompression-bomb cap")
-
-    @field_validator("sha256")
-    @classmethod
-    def _hex64(cls, value: str) -> str:
-        value = value.lower()
-        if len(value) != 64 or any(c not in "0123456789abcdef" for c in value):
-            raise ValueError("must be 64 hexadecimal characters")
-        return value
-
-
-class SplitRatios(_Section):
-    train: float = Field(default=0.70, gt=0, lt=1)
-    val: float = Field(default=0.15, ge=0, lt=1)
-    test: float = Field(default=0.15, gt=0, lt=1)
-
-    @model_validator(mode="after")
-    def _sum_to_one(self) -> SplitRatios:
-        total = self.train + self.val + self.test
-        if not math.isclose(total, 1.0, abs_tol=1e-6):
-            raise ValueError(f"train + val + test must sum to 1, got {total:g}")
-        return self
-
-
-class DataConfig(_Section):
-    source: str = "mendeley"
-    download: DownloadConfig = DownloadConfig()
-    split: SplitRatios = SplitRatios()
-    seed: int = 42
-    max_per_class: int | None = Field(default=None, gt=0)
-
-    @field_validator("source")
-    @classmethod
-    def _source(cls, value: str) -> str:
-        if value in ("mendeley", "sample"):
-            return value
-        folder = paths.resolve(value)
-        if not folder.is_dir():
-            raise ValueError(f"'{value}' is not 'mendeley', 'sample', or an existing folder with Positive/ and Negative/")
-        if problem := layout_problem(folder):
-            raise ValueError(problem)
-        return value
-
-
-class ModelConfig(_Section):
-    backbone: Backbone = "mobilenet_v2"
-    weights: str = "imagenet"
-    image_size: int = 224
-    dropout: float = Field(default=0.2, ge=0, lt=1)
-    fine_tune_layers: int = Field(default=0, ge=0)
-
-    @field_validator("image_size")
-    @classmethod
-    def _size(cls, value: int) -> int:
-        if not MIN_IMAGE_SIZE <= value <= MAX_IMAGE_SIZE:
-            raise ValueError(f"must be between {MIN_IMAGE_SIZE} and {MAX_IMAGE_SIZE} pixels, got {value}")
-        return value
-
-    @field_validator("weights")
-    @classmethod
-    def _weights(cls, value: str) -> str:
-        if value in ("imagenet", "none"):
-            return value
-        if not paths.resolve(value).is_file():
-            raise ValueError(f"'{value}' is not 'imagenet', 'none', or an existing weights file")
-        return value
-
-    @model_validator(mode="after")
-    def _compact_has_no_imagenet(self) -> ModelConfig:
-        if self.backbone == "compact_cnn" and self.weights == "imagenet":
-            raise ValueError("compact_cnn has no ImageNet weights; use weights: none (train from scratch) or a weights file")
-        return self
-
-
-class AugmentConfig(_Section):
-    flip: bool = True
-    rotation: float = Field(default=0.1, ge=0, le=0.5, description="fraction of a full turn")
-    brightness: float = Field(default=0.0, ge=0, le=1, description="max shift, fraction of the pixel range")
-    contrast: float = Field(default=0.0, ge=0, le=1, description="max contrast change, fraction")
-
-
-class ScratchConfig(_Section):
-    """How every layer trains when ``model.weights`` is ``none``; unused with pretrained weights."""
-
-    learning_rate: float = Field(default=3e-3, gt=0, description="peak, after warm-up")
-    schedule: Schedule = "cosine"
-    warmup_epochs: int = Field(default=1, ge=0)
-    weight_decay: float = Field(default=1e-4, ge=0, description="AdamW decoupled weight decay")
-    label_smoothing: float = Field(default=0.0, ge=0, lt=0.5)
-    batchnorm_momentum: float = Field(default=0.9, gt=0, lt=1)
-    batchnorm_recalibration_batches: int = Field(default=50, ge=0, description="0 keeps the moving averages")
-
-
-class TrainConfig(_Section):
-    epochs: int = Field(default=10, gt=0)
-    patience: int = Field(default=3, ge=0)
-    batch_size: int = Field(default=32, gt=0)
-    learning_rate: float = Field(default=1e-3, gt=0)
-    fine_tune_epochs: int = Field(default=5, ge=0)
-    fine_tune_learning_rate: float = Field(default=1e-5, gt=0)
-    augment: AugmentConfig = AugmentConfig()
-    feature_cache: bool = True
-    cache_views: int = Field(default=1, ge=1, le=64, description="views cached per image (1 = the plain image)")
-    scratch: ScratchConfig = ScratchConfig()
-    seed: int = 42
-
-
-class EvaluateConfig(_Section):
+class EvaluateConfig(Section):
     threshold: float = Field(default=0.5, gt=0, lt=1)
-    # set: the threshold is chosen on the validation split to reach this recall (crackcls.thresholds)
+    # set: the threshold is chosen on the validation split to reach this recall (crackcls.trust.thresholds)
     target_recall: float | None = Field(default=None, gt=0, le=1)
     batch_size: int = Field(default=64, gt=0)
     extra_sets: list[str] = []
 
 
-class ScanConfig(_Section):
+class ScanConfig(Section):
     """Whole photos cut into tiles at the scale the model was trained on (``crackcls scan``)."""
 
     tile: int = Field(default=227, ge=8, le=4096, description="tile side in photo pixels")
@@ -188,7 +63,7 @@ class ScanConfig(_Section):
     overlay_size: int = Field(default=1024, ge=64, le=8192, description="longest side of an overlay PNG")
 
 
-class RegistryConfig(_Section):
+class RegistryConfig(Section):
     model_name: str = Field(default="crackcls", min_length=1)
     promote_metric: PromoteMetric = "f1"
     min_improvement: float = Field(default=0.0, ge=0)
@@ -196,11 +71,11 @@ class RegistryConfig(_Section):
     max_p_value: float = Field(default=0.05, gt=0, le=1)
 
 
-class MlflowConfig(_Section):
+class MlflowConfig(Section):
     experiment: str = Field(default="crackcls", min_length=1)
 
 
-class Config(_Section):
+class Config(Section):
     data: DataConfig = DataConfig()
     model: ModelConfig = ModelConfig()
     train: TrainConfig = TrainConfig()
@@ -217,7 +92,7 @@ def _describe(error: dict[str, Any], source: str) -> str:
         allowed = error.get("ctx", {}).get("expected", "")
         return f"{source}: {key}: got {error['input']!r}; allowed values: {allowed}"
     if kind == "extra_forbidden":
-        return f"{source}: {key}: unknown key (check the spelling against the README)"
+        return f"{source}: {key}: unknown key (check the spelling against params.yaml and docs/pipeline.md)"
     message = error["msg"].removeprefix("Value error, ")
     return f"{source}: {key}: {message} (got {error['input']!r})"
 

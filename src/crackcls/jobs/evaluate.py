@@ -3,7 +3,7 @@
 Each call is logged as a new MLflow run, nested under the run that produced the
 model (when known), so evaluations on new data sit beside the training they test.
 With ``--scan`` the folder holds whole photos: each is scanned tile by tile
-(:mod:`crackcls.scan`) and its verdict is scored; crack boxes per photo (``--tile-truth``)
+(:mod:`crackcls.photos.scan`) and its verdict is scored; crack boxes per photo (``--tile-truth``)
 add tile-level recall and precision.
 """
 
@@ -16,18 +16,15 @@ from pathlib import Path
 import mlflow
 import numpy as np
 
-from crackcls import atomic, companions, familiarity, manifest, paths, tracking
 from crackcls.config import Config, load_config
-from crackcls.errors import CrackclsError
-from crackcls.evaluation import (
-    Evaluation,
-    evaluate_items,
-    labelled_folder,
-    load_model,
-    log_to_mlflow,
-    write_reports,
-)
-from crackcls.metrics import classification_metrics, json_safe
+from crackcls.data import manifest
+from crackcls.model.evaluation import Evaluation, evaluate_items, labelled_folder, write_reports
+from crackcls.tracking import store
+from crackcls.tracking.registry import load_model, log_to_mlflow
+from crackcls.trust import companions, familiarity
+from crackcls.trust.metrics import classification_metrics, json_safe
+from crackcls.util import atomic, paths
+from crackcls.util.errors import CrackclsError
 
 DEFAULT_MODEL = str(paths.MODEL_FILE)
 TILE_REPORT = "tile_metrics.json"
@@ -65,7 +62,7 @@ def _log_run(config: Config, model_spec: str, source_run: str | None, data: str 
         info_path = paths.workspace_root() / paths.RUN_INFO_FILE
         if info_path.is_file():
             source_run = json.loads(info_path.read_text(encoding="utf-8")).get("run_id")
-    tracking.configure(config.mlflow.experiment)
+    store.configure(config.mlflow.experiment)
     tags = {"stage": "evaluate", "evaluated_model": model_spec, "evaluated_data": data or "test split"}
     if source_run:
         tags["source_run_id"] = source_run

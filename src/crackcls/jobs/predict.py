@@ -2,8 +2,8 @@
 
 Inputs are files, folders (searched recursively) and glob patterns. The default model is
 the registry's ``champion``, the one promotion vouched for; ``--model`` takes anything
-:func:`crackcls.evaluation.load_model` does. Unreadable files never stop a run: they are
-counted, with their reasons, at the end. Scoring is :func:`crackcls.evaluation.score_files`,
+:func:`crackcls.tracking.registry.load_model` does. Unreadable files never stop a run: they are
+counted, with their reasons, at the end. Scoring is :func:`crackcls.model.inference.score_files`,
 the same code the served model runs, so both give the same probabilities.
 """
 
@@ -18,11 +18,14 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from crackcls import atomic, companions, paths, progress, tracking
 from crackcls.config import Config, load_config
-from crackcls.errors import CrackclsError
-from crackcls.evaluation import CRACK, label_for, load_model, score_files
-from crackcls.images import SkipReport, header_size, iter_images
+from crackcls.data.images import SkipReport, header_size, iter_images
+from crackcls.model.inference import CRACK, label_for, score_files
+from crackcls.tracking import store
+from crackcls.tracking.registry import load_model
+from crackcls.trust import companions
+from crackcls.util import atomic, paths, progress
+from crackcls.util.errors import CrackclsError
 
 CHAMPION = "champion"
 FORMATS = ("table", "json", "csv")
@@ -41,7 +44,7 @@ class Prediction:
     label: str
     crack_probability: float
     threshold: float
-    familiarity: float | None = None  # crackcls.familiarity score: above 1 is unlike the training images
+    familiarity: float | None = None  # crackcls.trust.familiarity score: above 1 is unlike the training images
     unfamiliar: bool | None = None
     explanation: str | None = None  # the Grad-CAM overlay, with --explain
     warning: str | None = None  # set for whole photos, which predict squashes to one patch
@@ -93,10 +96,10 @@ def _config() -> Config:
 def champion_spec(config: Config) -> str:
     """``models:/<name>@champion``, checked first so a missing champion gets an actionable message."""
     name = config.registry.model_name
-    tracking.configure_uri_only()
-    if tracking.alias_or_none(name, CHAMPION) is None:
+    store.configure_uri_only()
+    if store.alias_or_none(name, CHAMPION) is None:
         raise CrackclsError(
-            f"registered model '{name}' has no @{CHAMPION} version in {tracking.tracking_uri()}: "
+            f"registered model '{name}' has no @{CHAMPION} version in {store.tracking_uri()}: "
             f"promote one with `crackcls promote`, or pass --model (e.g. models:/{name}@challenger or a .keras file)"
         )
     return f"models:/{name}@{CHAMPION}"
@@ -160,7 +163,7 @@ def photo_warning(path: Path, tile: int) -> str | None:
 
 def _explain(model, result: PredictResult, out_dir: Path) -> None:  # noqa: ANN001 - a keras.Model
     """One Grad-CAM overlay per predicted image, named after it (``name-2`` and so on on collisions)."""
-    from crackcls import gradcam
+    from crackcls.photos import gradcam
 
     cam = gradcam.GradCam(model)
     by_path = {Path(p.path): p for p in result.predictions}

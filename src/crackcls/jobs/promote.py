@@ -2,7 +2,7 @@
 
 Both versions are scored on the same current test split, each at its own stored
 threshold, so the comparison is like for like even when the champion was trained on
-an older split. The rule is :func:`crackcls.promotion.decide`: better on
+an older split. The rule is :func:`crackcls.trust.promotion.decide`: better on
 ``registry.promote_metric`` by ``registry.min_improvement``, and an exact McNemar test
 on the images the two disagree about gives p < ``registry.max_p_value``.
 """
@@ -14,12 +14,16 @@ from dataclasses import dataclass
 import mlflow
 import numpy as np
 
-from crackcls import companions, manifest, paths, tracking
 from crackcls.config import load_config
-from crackcls.errors import CrackclsError
-from crackcls.evaluation import Evaluation, evaluate_items, load_model
-from crackcls.intervals import format_interval
-from crackcls.promotion import Decision, McNemar, decide, mcnemar
+from crackcls.data import manifest
+from crackcls.model.evaluation import Evaluation, evaluate_items
+from crackcls.tracking import store
+from crackcls.tracking.registry import load_model
+from crackcls.trust import companions
+from crackcls.trust.intervals import format_interval
+from crackcls.trust.promotion import Decision, McNemar, decide, mcnemar
+from crackcls.util import paths
+from crackcls.util.errors import CrackclsError
 
 CHAMPION = "champion"
 CHALLENGER = "challenger"
@@ -64,16 +68,16 @@ def run(version: str | None = None) -> Outcome:
     config = load_config()
     workspace = paths.workspace_root()
     name, metric = config.registry.model_name, config.registry.promote_metric
-    tracking.configure_uri_only()
-    client = tracking.client()
+    store.configure_uri_only()
+    client = store.client()
     if version is not None:
         try:
             challenger = client.get_model_version(name, str(version))
         except mlflow.exceptions.MlflowException:
-            raise CrackclsError(f"model '{name}' has no version {version} in {tracking.tracking_uri()}") from None
+            raise CrackclsError(f"model '{name}' has no version {version} in {store.tracking_uri()}") from None
     else:
-        challenger = tracking.require_alias(name, CHALLENGER)
-    champion = tracking.alias_or_none(name, CHAMPION)
+        challenger = store.require_alias(name, CHALLENGER)
+    champion = store.alias_or_none(name, CHAMPION)
     if champion is not None and champion.version == challenger.version:
         decision = Decision(False, f"version {challenger.version} is already @{CHAMPION}")
         return Outcome(decision, str(challenger.version), str(champion.version), float("nan"), None, metric)

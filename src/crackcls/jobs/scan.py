@@ -1,7 +1,7 @@
 """``crackcls scan``: whole photos, tile by tile: a verdict, crack tiles and crack regions per photo.
 
 Inputs and the model are taken as ``crackcls predict`` takes them; unreadable files are
-counted with their reasons. The tiling and the verdict rule are :mod:`crackcls.scan`.
+counted with their reasons. The tiling and the verdict rule are :mod:`crackcls.photos.scan`.
 """
 
 from __future__ import annotations
@@ -12,14 +12,24 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from crackcls import atomic, companions, progress
 from crackcls.config import Config
-from crackcls.errors import CrackclsError
-from crackcls.evaluation import CRACK, csv_text, load_model
-from crackcls.heatmap import save_png
-from crackcls.images import SkipReport
-from crackcls.jobs.predict import _config, champion_spec, checked_batch_size, expand_inputs, output_format, overlay_names
-from crackcls.scan import PhotoScan, ScanSettings, overlay_image, scan_files
+from crackcls.data.images import SkipReport
+from crackcls.jobs.predict import (
+    _config,
+    champion_spec,
+    checked_batch_size,
+    expand_inputs,
+    output_format,
+    overlay_names,
+)
+from crackcls.model.inference import CRACK
+from crackcls.photos.heatmap import save_png
+from crackcls.photos.scan import PhotoScan, ScanSettings, overlay_image, scan_files
+from crackcls.tracking.registry import load_model
+from crackcls.trust import companions
+from crackcls.util import atomic, progress
+from crackcls.util.errors import CrackclsError
+from crackcls.util.tables import csv_text
 
 COLUMNS = ("path", "verdict", "crack_tiles", "tiles", "crack_fraction", "max_probability", "regions", "threshold")
 TILE_COLUMNS = ("path", "row", "col", "left", "top", "right", "bottom", "crack_probability", "crack")

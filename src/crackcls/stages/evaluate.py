@@ -6,7 +6,7 @@ confident mistakes with Grad-CAM overlays (``reports/error_gallery.png``), and l
 all of it into the training run in MLflow. ``evaluate.extra_sets`` folders are scored beside the
 test split so that domain shift (a new kind of concrete) shows at a glance.
 
-Every metric carries a 95% interval (:mod:`crackcls.intervals`); the threshold is the one
+Every metric carries a 95% interval (:mod:`crackcls.trust.intervals`); the threshold is the one
 stored with the model when ``evaluate.target_recall`` is set; the calibration before and
 after temperature scaling goes to ``reports/reliability.{csv,png}``; the familiarity score
 is checked against each extra set; and the registered version gets its model card.
@@ -17,49 +17,36 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import mlflow
-
-from crackcls import atomic, calibration, companions, familiarity, manifest, model_card, paths, plots, tracking
 from crackcls.config import Config, load_config
-from crackcls.errors import CrackclsError, user_errors_exit
-from crackcls.evaluation import (
+from crackcls.data import manifest
+from crackcls.model.evaluation import (
     GALLERY_FILE,
-    csv_text,
-    Evaluation,
+    add_familiarity,
+    domain_shift_warnings,
     evaluate_items,
     labelled_folder,
-    log_to_mlflow,
-    write_error_gallery,
+    metrics_text,
+    summary,
     write_reports,
 )
-from crackcls.intervals import format_interval
-from crackcls.metrics import json_safe
-from crackcls.model import load_model_file
+from crackcls.model.inference import load_model_file
+from crackcls.photos.gradcam import write_error_gallery
+from crackcls.tracking import registry, store
+from crackcls.trust import calibration, companions, model_card
+from crackcls.trust.metrics import json_safe
+from crackcls.util import atomic, paths
+from crackcls.util.errors import CrackclsError, user_errors_exit
 
 EXTRA_DIR = paths.REPORTS_DIR / "extra"
 RELIABILITY_CSV = paths.REPORTS_DIR / "reliability.csv"
 RELIABILITY_PNG = paths.REPORTS_DIR / "reliability.png"
 CARD_FILE = paths.REPORTS_DIR / model_card.CARD_FILE
-EXTRA_KEYS = ("accuracy", "precision", "recall", "f1", "n")
-# A recall this far below the test split's means the model does not transfer.
-RECALL_DROP_WARNING = 0.2
+# what shaped the model (the download settings only say where the data came from)
+CARD_PARAMS = {"data": {"source", "split", "seed", "max_per_class"}, "model": True, "train": True}
 
 
 def set_name(folder: str) -> str:
     return Path(folder.rstrip("/")).name or "extra"
-
-
-def domain_shift_warnings(test: Evaluation, extra: dict[str, Evaluation]) -> list[str]:
-    warnings = []
-    for name, result in extra.items():
-        drop = test.metrics["recall"] - result.metrics["recall"]
-        if drop >= RECALL_DROP_WARNING:
-            warnings.append(
-                f"DOMAIN SHIFT: recall on '{name}' is {result.metrics['recall']:.3f}, "
-                f"{drop:.3f} below the test split's {test.metrics['recall']:.3f}; "
-                "do not trust this model on that kind of surface without retraining on it"
-            )
-    return warnings
 
 
 def run(config: Config, workspace: Path) -> dict:
@@ -79,109 +66,45 @@ def run(config: Config, workspace: Path) -> dict:
         for folder in config.evaluate.extra_sets
     }
     warnings = domain_shift_warnings(test, extra)
-    stored = companions.of(model)
     test.metrics["target_recall"] = config.evaluate.target_recall
-    reliability = calibration_report(test, stored.temperature, workspace)
-    familiarity_report(test, extra)
+    temperature = companions.of(model).temperature
+    reliability = [workspace / RELIABILITY_CSV, workspace / RELIABILITY_PNG]
+    test.metrics.update(calibration.report(test.y_true, test.y_prob, temperature, *reliability))
+    add_familiarity(test, extra)
 
-    extra_summary = {
-        name: json_safe({k: v for k, v in r.metrics.items() if k.split("_ci_")[0] in EXTRA_KEYS or k in FAMILIARITY_KEYS})
-        for name, r in extra.items()
-    }
+    extra_summary = {name: summary(result) for name, result in extra.items()}
     files = write_reports(test, workspace / paths.REPORTS_DIR, extra={"extra_sets": extra_summary} if extra else None)
-    extra_files = {name: write_reports(r, workspace / EXTRA_DIR / name) for name, r in extra.items()}
+    extra_files = {name: (r, write_reports(r, workspace / EXTRA_DIR / name)) for name, r in extra.items()}
     atomic.write_json(workspace / paths.REPORTS_DIR / "domain_shift.json", {"warnings": warnings})
     gallery = write_error_gallery(model, test, workspace / paths.REPORTS_DIR / GALLERY_FILE, base=workspace)
+    registry.log_evaluation(run_info["run_id"], test, files, extra_files, [gallery, *reliability], warnings)
 
-    tracking.configure_uri_only()
-    with mlflow.start_run(run_id=run_info["run_id"]):
-        log_to_mlflow(test, files, prefix="test", artifact_path="evaluation")
-        mlflow.log_artifact(str(gallery), artifact_path="evaluation")
-        for path in reliability:
-            mlflow.log_artifact(str(path), artifact_path="evaluation")
-        for name, result in extra.items():
-            log_to_mlflow(result, extra_files[name], prefix=name, artifact_path=f"evaluation/{name}")
-        if warnings:
-            mlflow.set_tag("domain_shift_warning", " | ".join(warnings)[:5000])
-    client = tracking.client()
-    name, version = run_info["registered_model"], run_info["registered_model_version"]
-    for key in ("f1", "accuracy", "recall", "roc_auc"):
-        client.set_model_version_tag(name, version, f"test_{key}", f"{test.metrics[key]:.4f}")
-        if interval := format_interval(test.metrics, key):
-            client.set_model_version_tag(name, version, f"test_{key}_ci95", interval)
-    card = write_model_card(config, workspace, run_info, test, extra_summary)
+    name, version = run_info["registered_model"], str(run_info["registered_model_version"])
+    registry.tag_version_with_test_metrics(name, version, test.metrics)
+    card = workspace / CARD_FILE
+    atomic.write_text(card, model_card_text(config, workspace, name, version, test.metrics, extra_summary))
+    registry.publish_model_card(name, version, run_info["run_id"], card)
     return {"test": test, "extra": extra, "warnings": warnings, "gallery": gallery, "card": card}
 
 
-# what shaped the model (the download settings only say where the data came from)
-CARD_PARAMS = {"data": {"source", "split", "seed", "max_per_class"}, "model": True, "train": True}
-FAMILIARITY_KEYS = ("familiarity_auroc", "unfamiliar", "unfamiliar_fraction", "accuracy_unfamiliar", "accuracy_familiar")
-
-
-def calibration_report(test: Evaluation, temperature: float, workspace: Path) -> list[Path]:
-    """ECE on the test split with the folded temperature undone (before) and as served (after)."""
-    before = calibration.rescale(test.y_prob, 1.0 / temperature)
-    test.metrics["temperature"] = temperature
-    test.metrics["ece_uncalibrated"] = calibration.expected_calibration_error(test.y_true, before)
-    test.metrics["ece"] = calibration.expected_calibration_error(test.y_true, test.y_prob)
-    after_rows = calibration.reliability(test.y_true, test.y_prob)
-    atomic.write_text(workspace / RELIABILITY_CSV, csv_text(after_rows, ["bin", "predicted", "observed", "count"]))
-    curves = {
-        f"before scaling (ECE {test.metrics['ece_uncalibrated']:.3f})": calibration.reliability(test.y_true, before),
-        f"after, T={temperature:.2f} (ECE {test.metrics['ece']:.3f})": after_rows,
-    }
-    plots.reliability_diagram(curves, workspace / RELIABILITY_PNG)
-    return [workspace / RELIABILITY_CSV, workspace / RELIABILITY_PNG]
-
-
-def familiarity_report(test: Evaluation, extra: dict[str, Evaluation]) -> None:
-    """Flag counts per set, accuracy on flagged and unflagged images, and each extra set's AUROC vs the test split."""
-    if test.familiarity is None:
-        return
-    for result in (test, *extra.values()):
-        result.metrics.update(familiarity.flagged_report(result.familiarity, result.correct))
-    for result in extra.values():
-        result.metrics["familiarity_auroc"] = familiarity.separation(test.familiarity, result.familiarity)
-
-
-def write_model_card(config: Config, workspace: Path, run_info: dict, test: Evaluation, extra: dict) -> Path:
-    """The card into the registered version's description, as a report and as a run artifact."""
-    name, version = run_info["registered_model"], str(run_info["registered_model_version"])
-    text = model_card.render(
+def model_card_text(config: Config, workspace: Path, name: str, version: str, metrics: dict, extra: dict) -> str:
+    return model_card.render(
         name,
         version,
-        tracking.flatten("", config.model_dump(mode="json", include=CARD_PARAMS)),
+        store.flatten("", config.model_dump(mode="json", include=CARD_PARAMS)),
         model_card.data_version(workspace / paths.SPLIT_DIR),
-        json_safe(test.metrics),
-        {k: test.metrics.get(k) for k in ("threshold", "target_recall", "temperature", "ece", "ece_uncalibrated")},
+        json_safe(metrics),
+        {k: metrics.get(k) for k in ("threshold", "target_recall", "temperature", "ece", "ece_uncalibrated")},
         extra,
     )
-    target = workspace / CARD_FILE
-    atomic.write_text(target, text)
-    tracking.client().update_model_version(name, version, description=text)
-    with mlflow.start_run(run_id=run_info["run_id"]):
-        mlflow.log_artifact(str(target), artifact_path="model_card")
-    return target
-
-
-def print_metrics(title: str, metrics: dict[str, float]) -> None:
-    """The metrics with their 95% intervals, then calibration and familiarity figures when present."""
-    keys = ("accuracy", "precision", "recall", "f1", "roc_auc", "loss", "tp", "fp", "tn", "fn", "n", "threshold")
-    optional = ("target_recall", "temperature", "ece_uncalibrated", "ece", *FAMILIARITY_KEYS)
-    print(title)
-    for key in (*keys, *(k for k in optional if metrics.get(k) is not None)):
-        value = metrics[key]
-        text = f"{value:.4f}" if isinstance(value, float) else str(value)
-        interval = format_interval(metrics, key)
-        print(f"  {key:<19} {text}" + (f"  95% CI {interval}" if interval else ""))
 
 
 @user_errors_exit
 def main() -> None:
     result = run(load_config(), paths.workspace_root())
-    print_metrics("test split", result["test"].metrics)
+    print(metrics_text("test split", result["test"].metrics))
     for name, r in result["extra"].items():
-        print_metrics(f"extra set '{name}'", r.metrics)
+        print(metrics_text(f"extra set '{name}'", r.metrics))
     for warning in result["warnings"]:
         print(warning)
 

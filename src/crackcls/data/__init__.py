@@ -1,0 +1,1 @@
+"""Images in: downloads, safe archive extraction, decoding, de-duplicated splits, manifests and tf.data pipelines."""

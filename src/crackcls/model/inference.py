@@ -1,0 +1,173 @@
+"""Inference: load a ``.keras`` file safely and turn image files into crack probabilities.
+
+Every path that scores images goes through :func:`score_files`: the DVC ``evaluate``
+stage, ``crackcls evaluate`` and ``predict``, promotion, scanning and the served pyfunc
+model, so that all of them return identical probabilities for the same file.
+"""
+
+from __future__ import annotations
+
+import weakref
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from crackcls.data.images import UnreadableImage, load_rgb
+from crackcls.data.pipeline import image_dataset
+from crackcls.trust import companions, familiarity
+from crackcls.util import paths
+from crackcls.util.errors import CrackclsError
+
+
+def model_input_size(model: keras.Model) -> int:
+    shape = model.input_shape
+    if not (isinstance(shape, tuple) and len(shape) == 4 and shape[1] == shape[2] and shape[1]):
+        raise CrackclsError(f"model input shape {shape} is not a square RGB image")
+    return int(shape[1])
+
+
+# Predicted labels, as ``crackcls predict`` and the served model name them.
+CRACK = "crack"
+
+
+NO_CRACK = "no_crack"
+
+
+def label_for(probability: float, threshold: float) -> str:
+    """The same rule as the metrics: a probability at or above the threshold is a crack."""
+    return CRACK if probability >= threshold else NO_CRACK
+
+
+# One traced inference function per model: a server scoring request after request
+# must not pay for a new trace each time.
+_FORWARD: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def forward_pass(model: keras.Model, with_features: bool = False) -> Callable:
+    """``images → probabilities``, or ``images → (probabilities, familiarity features)``."""
+    traced = _FORWARD.setdefault(model, {})
+    forward = traced.get(with_features)
+    if forward is None:
+        if with_features:  # the familiarity features come from the same pass: no second forward
+            both = familiarity.feature_model(model)
+            if both is None:
+                raise CrackclsError(f"model '{model.name}' has no layer to take familiarity features from")
+            forward = tf.function(lambda images: both(images, training=False), reduce_retracing=True)
+        else:
+            weak = weakref.ref(model)  # a strong reference here would keep every model alive
+            forward = tf.function(lambda images: weak()(images, training=False), reduce_retracing=True)
+        traced[with_features] = forward
+    return forward
+
+
+def has_pool_layer(model: keras.Model) -> bool:
+    return any(layer.name == familiarity.POOL_LAYER for layer in model.layers)
+
+
+def predict_files(
+    model: keras.Model,
+    files: Sequence[str | Path],
+    batch_size: int,
+    base: Path | None = None,
+    progress: Callable[[int], object] | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Crack probabilities for ``files`` and a mask of which ones could be decoded.
+
+    ``progress`` is called with the number of files in each finished batch.
+    """
+    probs, flags, _ = predict_with_features(model, files, batch_size, base, progress, with_features=False)
+    return probs, flags
+
+
+def predict_with_features(
+    model: keras.Model,
+    files: Sequence[str | Path],
+    batch_size: int,
+    base: Path | None = None,
+    progress: Callable[[int], object] | None = None,
+    with_features: bool = True,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """:func:`predict_files` plus the familiarity features of each file (``None`` without ``with_features``)."""
+    size = model_input_size(model)
+    ds = image_dataset(files, None, size, batch_size, base=base, keep_flags=True)
+    forward = forward_pass(model, with_features)
+    probs, flags, pooled = [], [], []
+    for images, ok in ds:
+        out = forward(images)
+        if with_features:
+            out, features = out
+            pooled.append(np.asarray(features, np.float32))
+        probs.append(np.asarray(out).reshape(-1))
+        flags.append(ok.numpy())
+        if progress is not None:
+            progress(len(flags[-1]))
+    if not probs:
+        empty = np.zeros((0, 0), np.float32) if with_features else None
+        return np.zeros(0, np.float32), np.zeros(0, bool), empty
+    return np.concatenate(probs), np.concatenate(flags), np.concatenate(pooled) if with_features else None
+
+
+@dataclass
+class Scores:
+    """Per-file results of :func:`score_files`, in input order."""
+
+    probabilities: np.ndarray  # NaN where the file could not be read
+    reasons: list[str | None]  # why a file was skipped (an images.REASONS entry); None if scored
+    familiarity: np.ndarray | None = None  # crackcls.trust.familiarity score (NaN where skipped); None without a density
+
+
+def score_files(
+    model: keras.Model,
+    files: Sequence[str | Path],
+    batch_size: int,
+    base: Path | None = None,
+    progress: Callable[[int], object] | None = None,
+) -> Scores:
+    """Crack probabilities for unlabelled files, and the reason for every file that was skipped.
+
+    The decoding pipeline only says *that* a file failed; each failure is decoded once
+    more on its own to say *why* (failures are rare, so this costs nothing in bulk).
+    """
+    density = companions.of(model).familiarity if has_pool_layer(model) else None
+    if not files:
+        return Scores(np.zeros(0), [], None if density is None else np.zeros(0))
+    probs, ok, features = predict_with_features(model, files, batch_size, base, progress, density is not None)
+    size = model_input_size(model)
+    root = base or paths.workspace_root()
+    reasons = [None if good else unreadable_reason(paths.resolve(f, root), size) for f, good in zip(files, ok)]
+    familiar = None if density is None else np.where(ok, density.score(features), np.nan)
+    return Scores(np.where(ok, probs, np.nan).astype(np.float64), reasons, familiar)
+
+
+def unreadable_reason(path: str | Path, size: int) -> str:
+    """Why :func:`crackcls.data.images.load_rgb` refuses ``path``."""
+    try:
+        load_rgb(path, size)
+    except UnreadableImage as exc:
+        return exc.reason
+    return "could not be decoded"  # failed in the pipeline, yet decodes now: changed meanwhile
+
+
+def load_model_file(path: str | Path) -> keras.Model:
+    """Load a ``.keras`` file in safe mode: a Lambda layer is refused, never executed.
+
+    The files stored beside it (:mod:`crackcls.trust.companions`) are attached to the model.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CrackclsError(f"model file {path} not found")
+    try:
+        model = keras.saving.load_model(str(path), safe_mode=True, compile=False)
+    except Exception as exc:  # Keras raises many types for bad files; all mean the same here
+        raise CrackclsError(
+            f"cannot load model {path}: {exc.__class__.__name__}: {str(exc).splitlines()[0] if str(exc) else ''}. "
+            "The file is corrupt, not a Keras model, or needs unsafe code (Lambda layers are refused)."
+        ) from None
+    companions.attach(model, companions.read(path))  # its threshold and familiarity density, if stored
+    return model
+
+

@@ -1,0 +1,233 @@
+"""Fitting the classifier on the train split in one process, and saving what it learnt.
+
+From scratch (``model.weights: none``) every layer trains on images (decoded once and
+kept in memory) with the ``train.scratch`` schedule, then BatchNorm's inference
+statistics are recomputed from training images. With pretrained weights, phase 1
+trains the head with the backbone frozen: on cached features (``train.feature_cache``)
+or on images; phase 2, when ``model.fine_tune_layers > 0``, unfreezes the top backbone
+layers and continues on images at a low learning rate.
+
+Runs are reproducible on a CPU: the seed fixes initialisation, shuffling, augmentation
+and dropout, and TensorFlow's op determinism is switched on, so the same params, data
+and seed give the same model.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import keras
+import tensorflow as tf
+
+from crackcls.data import manifest
+from crackcls.data.pipeline import manifest_dataset
+from crackcls.model import features, runtime
+from crackcls.model.build import (
+    CrackModel,
+    build_model,
+    calibrate_batchnorm,
+    compile_binary,
+    from_scratch,
+    learning_rate_schedule,
+    unfreeze_top,
+)
+from crackcls.model.settings import ModelConfig, TrainConfig
+from crackcls.trust import companions as companion_files
+from crackcls.trust.companions import Companions
+from crackcls.util import atomic, paths, plots
+from crackcls.util.errors import CrackclsError
+from crackcls.util.progress import keras_batch_bar
+from crackcls.util.tables import csv_text
+
+HISTORY_FILE = paths.REPORTS_DIR / "train_history.csv"
+CURVES_FILE = paths.REPORTS_DIR / "training_curves.png"
+
+# Called after every epoch with the epoch's number (1-based, counted across phases) and its logs.
+EpochHook = Callable[[int, dict[str, float]], None]
+
+
+@dataclass
+class Trained:
+    """A fitted model and the record of how it got there."""
+
+    crack: CrackModel
+    history: dict[str, list] = field(default_factory=dict)  # per epoch: "phase", loss, accuracy, val_*
+    phase_start: int | None = None  # the epoch the fine-tuning phase starts at; None with one phase
+    metrics: dict[str, float] = field(default_factory=dict)  # training_time_s, epochs_trained, ...
+    params: dict[str, str] = field(default_factory=dict)  # what training decided, e.g. layers unfrozen
+
+    @property
+    def epochs(self) -> int:
+        return len(self.history.get("loss", []))
+
+
+@dataclass(frozen=True)
+class Saved:
+    model_file: Path
+    companion_files: list[Path]
+    plot_files: list[Path]  # the training curves and their CSV, for MLflow's ``plots`` folder
+
+
+@contextlib.contextmanager
+def single_process() -> Iterator[None]:
+    """Precision, op determinism and the device strategy (several GPUs: MirroredStrategy) of one process."""
+    runtime.configure_precision()
+    tf.config.experimental.enable_op_determinism()
+    with runtime.strategy().scope():
+        yield
+
+
+def new_model(model: ModelConfig, train: TrainConfig, workspace: Path) -> CrackModel:
+    """The seeded, untrained classifier; with a feature cache, the backbone the features came from."""
+    keras.utils.set_random_seed(train.seed)
+    crack = build_model(model, train)
+    if features.used(model, train):
+        weights_file = features.cache_dir(workspace) / features.BACKBONE_WEIGHTS_FILE
+        if not weights_file.is_file():
+            raise CrackclsError(f"{weights_file} missing; run `dvc repro features` first")
+        crack.backbone.load_weights(str(weights_file))  # the exact weights the features came from
+    return crack
+
+
+def fit(model: ModelConfig, train: TrainConfig, workspace: Path, on_epoch: EpochHook | None = None) -> Trained:
+    """Train a new classifier on the train split, early-stopping on the validation split."""
+    crack = new_model(model, train, workspace)
+    callbacks = _callbacks(train.patience, bool(split_items(workspace, "val")), on_epoch)
+    started = time.perf_counter()
+    metrics: dict[str, float] = {}
+    params: dict[str, str] = {}
+    if from_scratch(model):
+        phases = [("scratch", _fit_on_images(crack, model, train, workspace, callbacks, 0, train.epochs, scratch=True))]
+        metrics["batchnorm_recalibration_images"] = recalibrate_batchnorm(crack, model, train, workspace)
+    elif train.feature_cache:
+        phases = [("frozen", _fit_head_on_cache(crack, model, train, workspace, callbacks))]
+    else:
+        phases = [("frozen", _fit_on_images(crack, model, train, workspace, callbacks, 0, train.epochs, train.learning_rate))]
+    frozen_epochs = len(phases[0][1]["loss"])
+    if not from_scratch(model) and model.fine_tune_layers > 0 and train.fine_tune_epochs > 0:
+        params["fine_tune_layers_unfrozen"] = str(unfreeze_top(crack.backbone, model.fine_tune_layers))
+        fine_tune = _fit_on_images(
+            crack, model, train, workspace, callbacks, frozen_epochs, train.fine_tune_epochs, train.fine_tune_learning_rate
+        )
+        phases.append(("fine_tune", fine_tune))
+    history = merge_phases(phases)
+    metrics.update(training_time_s=round(time.perf_counter() - started, 2), epochs_trained=len(history["loss"]))
+    return Trained(crack, history, frozen_epochs if len(phases) > 1 else None, metrics, params)
+
+
+def split_items(workspace: Path, split: str) -> list:
+    return manifest.read(manifest.manifest_path(split, workspace / paths.SPLIT_DIR))
+
+
+def _callbacks(patience: int, has_val: bool, on_epoch: EpochHook | None) -> list[keras.callbacks.Callback]:
+    monitor = "val_loss" if has_val else "loss"
+    callbacks: list[keras.callbacks.Callback] = [
+        keras.callbacks.EarlyStopping(monitor=monitor, patience=patience, restore_best_weights=True),
+        keras_batch_bar(),
+    ]
+    if on_epoch is not None:
+        callbacks.append(
+            keras.callbacks.LambdaCallback(
+                on_epoch_end=lambda epoch, logs: on_epoch(epoch + 1, {k: float(v) for k, v in (logs or {}).items()})
+            )
+        )
+    return callbacks
+
+
+def _fit_head_on_cache(
+    crack: CrackModel, model: ModelConfig, train: TrainConfig, workspace: Path, callbacks: list
+) -> dict[str, list[float]]:
+    cache = features.cache_dir(workspace)
+    key = features.cache_key(model, train, workspace / paths.SPLIT_DIR)
+    train_set = features.load(cache, "train", key)
+    val_set = features.load(cache, "val", key)
+    compile_binary(crack.head, train.learning_rate)
+    has_val = len(val_set.labels) > 0
+    return crack.head.fit(
+        features.head_dataset(train_set, train.batch_size, train.seed, shuffle=True),
+        validation_data=features.head_dataset(val_set, train.batch_size, train.seed, shuffle=False) if has_val else None,
+        epochs=train.epochs,
+        callbacks=callbacks,
+        shuffle=False,  # the dataset shuffles itself, seeded
+        verbose=2,
+    ).history
+
+
+def _fit_on_images(
+    crack: CrackModel,
+    model: ModelConfig,
+    train: TrainConfig,
+    workspace: Path,
+    callbacks: list,
+    first_epoch: int,
+    epochs: int,
+    learning_rate: float = 0.0,
+    *,
+    scratch: bool = False,
+) -> dict[str, list[float]]:
+    """Fit the whole model on decoded images; ``scratch`` uses the from-scratch recipe and keeps images in memory."""
+    size, batch, seed = model.image_size, train.batch_size, train.seed
+    train_items, val_items = split_items(workspace, "train"), split_items(workspace, "val")
+    if not train_items:
+        raise CrackclsError("the train split is empty; adjust data.split ratios")
+    if scratch:
+        recipe = train.scratch
+        steps = -(-len(train_items) // batch)
+        schedule = learning_rate_schedule(recipe.learning_rate, recipe.schedule, steps, epochs, recipe.warmup_epochs)
+        compile_binary(crack.model, schedule, recipe.weight_decay, recipe.label_smoothing)
+    else:
+        compile_binary(crack.model, learning_rate)
+    return crack.model.fit(
+        manifest_dataset(train_items, size, batch, shuffle_seed=seed, base=workspace, cache=scratch),
+        validation_data=manifest_dataset(val_items, size, batch, base=workspace, cache=scratch) if val_items else None,
+        initial_epoch=first_epoch,
+        epochs=first_epoch + epochs,
+        callbacks=callbacks,
+        shuffle=False,  # the dataset shuffles itself, seeded
+        verbose=2,
+    ).history
+
+
+def recalibrate_batchnorm(crack: CrackModel, model: ModelConfig, train: TrainConfig, workspace: Path) -> int:
+    """Inference statistics of the final weights, from un-augmented training images; returns images used."""
+    batches = train.scratch.batchnorm_recalibration_batches
+    if batches == 0:
+        return 0
+    images = manifest_dataset(
+        split_items(workspace, "train"), model.image_size, train.batch_size, shuffle_seed=train.seed, base=workspace
+    )
+    return calibrate_batchnorm(crack, (x for x, _ in images.take(batches)))
+
+
+def merge_phases(phases: list[tuple[str, dict[str, list[float]]]]) -> dict[str, list]:
+    """One per-epoch history across phases, each epoch labelled with its phase."""
+    merged: dict[str, list] = {"phase": []}
+    for phase, history in phases:
+        merged["phase"].extend([phase] * len(history.get("loss", [])))
+        for key, values in history.items():
+            merged.setdefault(key, []).extend(float(v) for v in values)
+    return merged
+
+
+def history_csv(history: dict[str, list]) -> str:
+    keys = [k for k in ("loss", "accuracy", "val_loss", "val_accuracy") if history.get(k)]
+    rows = [
+        {"epoch": i + 1, "phase": history["phase"][i], **{k: f"{history[k][i]:.6f}" for k in keys}}
+        for i in range(len(history["loss"]))
+    ]
+    return csv_text(rows, ["epoch", "phase", *keys])
+
+
+def save(trained: Trained, fitted: Companions, workspace: Path) -> Saved:
+    """The model file and its companions, the history CSV DVC plots, and the training-curves PNG; each atomic."""
+    model_file = workspace / paths.MODEL_FILE
+    with atomic.atomic_path(model_file, suffix=".keras") as tmp:
+        trained.crack.model.save(tmp)
+    written = companion_files.write(model_file, fitted)
+    atomic.write_text(workspace / HISTORY_FILE, history_csv(trained.history))
+    plots.training_curves(trained.history, workspace / CURVES_FILE, phase_start=trained.phase_start)
+    return Saved(model_file, written, [workspace / CURVES_FILE, workspace / HISTORY_FILE])

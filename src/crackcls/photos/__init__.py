@@ -1,0 +1,1 @@
+"""Whole photos: tiling and scanning, crack regions, heat-map overlays and Grad-CAM explanations."""

@@ -1,0 +1,432 @@
+"""Whole photos scanned tile by tile at the training scale: tile grids, streamed tiles, crack regions and a verdict.
+
+A photo is never shrunk as a whole. It is cut into ``tile`` x ``tile`` source-pixel tiles
+(227 px, the size of the training patches, by default) every ``stride`` pixels; where the
+photo is not a multiple of the stride, the last tile of a row or column is shifted back to
+end at the photo's edge, so every pixel is scanned and no tile leaves the photo. A side
+shorter than a tile gets one tile spanning it (a photo smaller than a tile is one tile).
+Each tile is resized to the model's input along the steps a JPEG training patch takes
+(:func:`crackcls.data.images.patch_rgb`: the DCT draft's power-of-two reduction, then bicubic).
+
+The rule, in one place (:func:`aggregate`): a tile is a crack tile when its probability is
+at least the threshold; a photo is ``crack`` when it holds at least ``min_crack_tiles``
+crack tiles. Its ``score`` is its ``min_crack_tiles``-th highest tile probability, so
+``verdict == crack`` exactly when ``score >= threshold`` (photo-level metrics use it).
+Crack tiles that touch (at edges with 4-connectivity, also at corners with 8) merge into
+one region, reported as the box around its tiles in pixels of the upright photo (after EXIF
+orientation; left and top inclusive, right and bottom exclusive).
+
+Memory: a photo is decoded once, in full (3 bytes per pixel: 300 MB for 100 MP, at most
+450 MB under :data:`crackcls.data.images.MAX_PIXELS`; Pillow decodes JPEG and PNG whole), then
+tiles are cut from it and resized one at a time while a background thread keeps at most
+:data:`PREFETCH` batches ahead of the model. Nothing else grows with the photo (but
+turning an EXIF-rotated photo upright briefly holds a second copy).
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from crackcls.data.images import SkipReport, UnreadableImage, decoded, patch_rgb, resized_rgb
+from crackcls.photos import heatmap
+from crackcls.util.errors import CrackclsError
+
+Box = tuple[int, int, int, int]  # left, top, right, bottom; right and bottom exclusive
+
+DEFAULT_TILE = 227
+# Tile batches cut ahead of the model: enough to hide decoding, small enough to bound memory.
+PREFETCH = 2
+CONNECTIVITY = (4, 8)
+
+
+@dataclass(frozen=True)
+class ScanSettings:
+    tile: int = DEFAULT_TILE
+    stride: int | None = None  # None: the tile, no overlap
+    threshold: float = 0.5
+    min_crack_tiles: int = 1
+    connectivity: int = 8
+
+    def __post_init__(self) -> None:
+        if self.tile < 1:
+            raise CrackclsError(f"--tile must be at least 1 pixel, got {self.tile}")
+        if self.stride is not None and not 1 <= self.stride <= self.tile:
+            raise CrackclsError(f"--stride must be between 1 and the tile ({self.tile}), got {self.stride}: a larger step skips pixels")
+        if not 0.0 <= self.threshold <= 1.0:
+            raise CrackclsError(f"--threshold must be between 0 and 1, got {self.threshold:g}")
+        if self.min_crack_tiles < 1:
+            raise CrackclsError(f"min_crack_tiles must be at least 1, got {self.min_crack_tiles}")
+        if self.connectivity not in CONNECTIVITY:
+            raise CrackclsError(f"connectivity must be 4 or 8, got {self.connectivity}")
+
+    @property
+    def step(self) -> int:
+        return self.stride or self.tile
+
+
+# ---------------------------------------------------------------- tile grid (pure)
+def starts(length: int, tile: int, step: int) -> list[int]:
+    """Tile offsets along one side: every ``step`` pixels, the last shifted back to end at the edge."""
+    if length <= tile:
+        return [0]
+    offsets = list(range(0, length - tile + 1, step))
+    if offsets[-1] + tile < length:
+        offsets.append(length - tile)
+    return offsets
+
+
+@dataclass(frozen=True)
+class TileGrid:
+    width: int
+    height: int
+    tile: int
+    xs: tuple[int, ...]
+    ys: tuple[int, ...]
+
+    @property
+    def rows(self) -> int:
+        return len(self.ys)
+
+    @property
+    def cols(self) -> int:
+        return len(self.xs)
+
+    @property
+    def count(self) -> int:
+        return self.rows * self.cols
+
+    def box(self, row: int, col: int) -> Box:
+        left, top = self.xs[col], self.ys[row]
+        return left, top, min(left + self.tile, self.width), min(top + self.tile, self.height)
+
+    def boxes(self) -> list[Box]:
+        """Every tile's box, row by row."""
+        return [self.box(row, col) for row in range(self.rows) for col in range(self.cols)]
+
+
+def tile_grid(width: int, height: int, tile: int = DEFAULT_TILE, stride: int | None = None) -> TileGrid:
+    step = stride or tile
+    return TileGrid(width, height, tile, tuple(starts(width, tile, step)), tuple(starts(height, tile, step)))
+
+
+# ---------------------------------------------------------------- aggregation (pure)
+@dataclass
+class Region:
+    """Connected crack tiles, as the box around them in photo pixels."""
+
+    left: int
+    top: int
+    right: int
+    bottom: int
+    tiles: int
+    max_probability: float
+
+    @property
+    def box(self) -> Box:
+        return self.left, self.top, self.right, self.bottom
+
+    def as_dict(self) -> dict:
+        return {
+            "left": self.left, "top": self.top, "right": self.right, "bottom": self.bottom,
+            "tiles": self.tiles, "max_probability": round(self.max_probability, 6),
+        }  # fmt: skip
+
+
+def components(mask: np.ndarray, connectivity: int = 8) -> list[list[tuple[int, int]]]:
+    """The connected groups of True cells in a 2-D mask, each as (row, col) cells, in reading order."""
+    if connectivity not in CONNECTIVITY:
+        raise CrackclsError(f"connectivity must be 4 or 8, got {connectivity}")
+    steps = [(-1, 0), (1, 0), (0, -1), (0, 1)]
+    if connectivity == 8:
+        steps += [(-1, -1), (-1, 1), (1, -1), (1, 1)]
+    rows, cols = mask.shape
+    seen = np.zeros_like(mask, bool)
+    groups = []
+    for start in zip(*np.nonzero(mask)):
+        if seen[start]:
+            continue
+        seen[start] = True
+        group, todo = [], [start]
+        while todo:
+            r, c = todo.pop()
+            group.append((int(r), int(c)))
+            for dr, dc in steps:
+                nr, nc = r + dr, c + dc
+                if 0 <= nr < rows and 0 <= nc < cols and mask[nr, nc] and not seen[nr, nc]:
+                    seen[nr, nc] = True
+                    todo.append((nr, nc))
+        groups.append(sorted(group))
+    return groups
+
+
+def crack_regions(grid: TileGrid, probabilities: np.ndarray, threshold: float, connectivity: int = 8) -> list[Region]:
+    """Regions of connected crack tiles, the most confident first."""
+    regions = []
+    for cells in components(probabilities >= threshold, connectivity):
+        boxes = np.array([grid.box(r, c) for r, c in cells])
+        regions.append(
+            Region(
+                int(boxes[:, 0].min()), int(boxes[:, 1].min()), int(boxes[:, 2].max()), int(boxes[:, 3].max()),
+                len(cells), float(max(probabilities[r, c] for r, c in cells)),
+            )
+        )  # fmt: skip
+    return sorted(regions, key=lambda region: (-region.max_probability, region.top, region.left))
+
+
+@dataclass
+class PhotoScan:
+    """One photo's tiles and what they add up to."""
+
+    path: str
+    grid: TileGrid
+    probabilities: np.ndarray  # (rows, cols)
+    settings: ScanSettings
+    regions: list[Region]
+    overlay: str | None = None
+
+    @property
+    def crack_mask(self) -> np.ndarray:
+        return self.probabilities >= self.settings.threshold
+
+    @property
+    def crack_tiles(self) -> int:
+        return int(self.crack_mask.sum())
+
+    @property
+    def tiles(self) -> int:
+        return self.grid.count
+
+    @property
+    def crack_fraction(self) -> float:
+        return self.crack_tiles / self.tiles
+
+    @property
+    def max_probability(self) -> float:
+        return float(self.probabilities.max())
+
+    @property
+    def score(self) -> float:
+        """The ``min_crack_tiles``-th highest tile probability (0 with fewer tiles than that)."""
+        k = self.settings.min_crack_tiles
+        flat = np.sort(self.probabilities.reshape(-1))[::-1]
+        return float(flat[k - 1]) if len(flat) >= k else 0.0
+
+    @property
+    def verdict(self) -> str:
+        from crackcls.model.inference import label_for  # one labelling rule for patches and photos
+
+        return label_for(self.score, self.settings.threshold)
+
+    def row(self) -> dict:
+        return {
+            "path": self.path,
+            "verdict": self.verdict,
+            "crack_tiles": self.crack_tiles,
+            "tiles": self.tiles,
+            "crack_fraction": round(self.crack_fraction, 6),
+            "max_probability": round(self.max_probability, 6),
+            "score": round(self.score, 6),
+            "threshold": self.settings.threshold,
+            "width": self.grid.width,
+            "height": self.grid.height,
+            "regions": [region.as_dict() for region in self.regions],
+            "overlay": self.overlay,
+        }
+
+    def tile_rows(self) -> list[dict]:
+        rows = []
+        for row in range(self.grid.rows):
+            for col in range(self.grid.cols):
+                left, top, right, bottom = self.grid.box(row, col)
+                probability = float(self.probabilities[row, col])
+                rows.append({
+                    "path": self.path, "row": row, "col": col, "left": left, "top": top, "right": right,
+                    "bottom": bottom, "crack_probability": round(probability, 6),
+                    "crack": bool(probability >= self.settings.threshold),
+                })  # fmt: skip
+        return rows
+
+
+def aggregate(path: str, grid: TileGrid, probabilities: np.ndarray, settings: ScanSettings) -> PhotoScan:
+    probabilities = np.asarray(probabilities, np.float64).reshape(grid.rows, grid.cols)
+    regions = crack_regions(grid, probabilities, settings.threshold, settings.connectivity)
+    return PhotoScan(path, grid, probabilities, settings, regions)
+
+
+# ---------------------------------------------------------------- overlay
+def downscaled(im, longest: int) -> np.ndarray:  # noqa: ANN001 - a PIL image
+    """An RGB copy no longer than ``longest`` on either side (never enlarged), without copying the photo first."""
+    scale = min(1.0, longest / max(im.size))
+    return np.asarray(resized_rgb(im, max(1, round(im.width * scale)), max(1, round(im.height * scale))))
+
+
+def overlay_image(picture: np.ndarray, scan: PhotoScan) -> np.ndarray:
+    """Tile probabilities as a heat map (blue 0 → red 1) on a downscaled photo, region boxes in white."""
+    height, width = picture.shape[:2]
+    sx, sy = width / scan.grid.width, height / scan.grid.height
+    heat = np.zeros((height, width), np.float32)
+
+    def scaled(box: Box) -> Box:
+        left, top, right, bottom = box
+        return round(left * sx), round(top * sy), max(round(right * sx), round(left * sx) + 1), max(round(bottom * sy), round(top * sy) + 1)
+
+    for row in range(scan.grid.rows):
+        for col in range(scan.grid.cols):
+            left, top, right, bottom = scaled(scan.grid.box(row, col))
+            cell = heat[top:bottom, left:right]
+            np.maximum(cell, scan.probabilities[row, col], out=cell)
+    return heatmap.draw_boxes(heatmap.overlay(picture, heat), [scaled(region.box) for region in scan.regions])
+
+
+# ---------------------------------------------------------------- streaming
+@dataclass
+class _Photo:
+    index: int
+    path: Path
+    grid: TileGrid
+    picture: np.ndarray | None  # the downscaled copy for the overlay
+
+
+@dataclass
+class _Batch:
+    owners: list[tuple[int, int]]  # (photo index, tile index) per tile
+    pixels: np.ndarray  # (N, size, size, 3) uint8
+
+
+@dataclass
+class _Skip:
+    index: int
+    path: Path
+    reason: str
+
+
+def tile_stream(
+    files: Sequence[Path], settings: ScanSettings, size: int, batch_size: int, overlay_size: int | None = None
+) -> Iterator[_Photo | _Batch | _Skip]:
+    """Photos decoded one at a time, their tiles cut and resized lazily into batches that span photos.
+
+    Yields a ``_Photo`` before any of its tiles, and a ``_Skip`` for a photo that cannot be
+    read (also one that fails part-way: its tiles already yielded are then to be dropped).
+    """
+    owners: list[tuple[int, int]] = []
+    tiles: list[np.ndarray] = []
+    for index, path in enumerate(files):
+        try:
+            with decoded(path) as im:
+                grid = tile_grid(im.width, im.height, settings.tile, settings.stride)
+                picture = downscaled(im, overlay_size) if overlay_size else None
+                yield _Photo(index, Path(path), grid, picture)
+                for number, box in enumerate(grid.boxes()):
+                    tiles.append(np.asarray(patch_rgb(im.crop(box), size)))
+                    owners.append((index, number))
+                    if len(tiles) == batch_size:
+                        yield _Batch(owners, np.stack(tiles))
+                        owners, tiles = [], []
+            del im  # the next photo must not be decoded while this one is still held
+        except UnreadableImage as exc:
+            kept = [i for i, (owner, _) in enumerate(owners) if owner != index]
+            owners, tiles = [owners[i] for i in kept], [tiles[i] for i in kept]
+            yield _Skip(index, Path(path), exc.reason)
+    if tiles:
+        yield _Batch(owners, np.stack(tiles))
+
+
+@dataclass
+class _Failed:
+    error: BaseException
+
+
+_DONE = object()
+
+
+def prefetched(items: Iterator, depth: int = PREFETCH) -> Iterator:
+    """``items`` produced in a background thread, at most ``depth`` ahead; its errors re-raised here."""
+    slots: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def put(item: object) -> bool:
+        while not stop.is_set():
+            try:
+                slots.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def produce() -> None:
+        try:
+            for item in items:
+                if not put(item):
+                    return
+            put(_DONE)
+        except BaseException as exc:  # noqa: BLE001 - handed to the consumer
+            put(_Failed(exc))
+
+    worker = threading.Thread(target=produce, name="crackcls-tiles", daemon=True)
+    worker.start()
+    try:
+        while True:
+            item = slots.get()
+            if item is _DONE:
+                return
+            if isinstance(item, _Failed):
+                raise item.error
+            yield item
+    finally:
+        stop.set()
+        worker.join()
+
+
+@dataclass
+class _Pending:
+    photo: _Photo
+    probabilities: np.ndarray
+    remaining: int
+    dropped: bool = field(default=False)
+
+
+def scan_files(
+    model,  # noqa: ANN001 - a keras.Model
+    files: Sequence[str | Path],
+    settings: ScanSettings,
+    batch_size: int,
+    skips: SkipReport,
+    overlay_size: int | None = None,
+    progress: Callable[[int], object] | None = None,
+) -> Iterator[tuple[PhotoScan, np.ndarray | None]]:
+    """(scan, downscaled picture or None) per readable photo, in input order; unreadable ones go to ``skips``.
+
+    Tiles from consecutive photos share batches, so many small photos score as fast as one
+    big one. ``progress`` is called with the number of tiles in each scored batch.
+    """
+    from crackcls.model.inference import forward_pass, model_input_size
+
+    if batch_size < 1:
+        raise CrackclsError(f"--batch-size must be at least 1, got {batch_size}")
+    size = model_input_size(model)
+    forward = forward_pass(model)
+    pending: dict[int, _Pending] = {}
+    for event in prefetched(tile_stream([Path(f) for f in files], settings, size, batch_size, overlay_size)):
+        if isinstance(event, _Photo):
+            pending[event.index] = _Pending(event, np.full(event.grid.count, np.nan), event.grid.count)
+        elif isinstance(event, _Skip):
+            pending.pop(event.index, None)
+            skips.add(event.path, event.reason)
+        else:
+            scores = forward(event.pixels.astype(np.float32)).numpy().reshape(-1)
+            for (index, number), probability in zip(event.owners, scores):
+                if index in pending:
+                    pending[index].probabilities[number] = probability
+                    pending[index].remaining -= 1
+            if progress is not None:
+                progress(len(scores))
+        while pending and next(iter(pending.values())).remaining == 0:
+            done = pending.pop(next(iter(pending)))
+            photo = done.photo
+            yield aggregate(str(photo.path), photo.grid, done.probabilities, settings), photo.picture

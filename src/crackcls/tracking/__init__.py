@@ -1,0 +1,1 @@
+"""MLflow: the tracking store, data lineage, the registry, the served pyfunc and the team server."""

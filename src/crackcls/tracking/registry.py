@@ -1,0 +1,205 @@
+"""What MLflow holds about a model: its training run, the registered versions, evaluations, and loading by URI.
+
+A trained model is logged twice. ``model`` is MLflow's Keras flavour (tensors in,
+probabilities out: for notebooks and ``runs:/<id>/model``). ``pyfunc`` is
+:class:`crackcls.tracking.serving.CrackClassifier` (base64 image files in, label and
+probability out): the registered version, aliased ``challenger``, so that
+``mlflow models serve -m models:/<name>@champion`` serves images. It carries the same
+``.keras`` file and its companions, which :func:`load_model` finds for promotion.
+Promotion to ``champion`` is a separate, gated step.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import keras
+import mlflow
+import numpy as np
+from mlflow.models import infer_signature
+
+from crackcls.model.evaluation import Evaluation
+from crackcls.model.inference import load_model_file
+from crackcls.tracking import lineage, serving, store
+from crackcls.trust.intervals import format_interval
+from crackcls.trust.metrics import json_safe
+from crackcls.util import paths
+from crackcls.util.errors import CrackclsError
+
+CHALLENGER = "challenger"
+CHAMPION = "champion"
+
+
+@dataclass(frozen=True)
+class TrainingRun:
+    run_id: str
+    experiment_id: str
+
+
+@contextlib.contextmanager
+def training_run(
+    experiment: str, run_name: str, params: dict[str, Any], workspace: Path, runtime_tags: dict[str, str]
+) -> Iterator[TrainingRun]:
+    """An MLflow run for one training: git state, split lineage, runtime and every parameter, logged first."""
+    store.configure(experiment)
+    with mlflow.start_run(run_name=run_name) as active:
+        mlflow.set_tags({**store.git_tags(workspace), "stage": "train"})
+        lineage.log_split_lineage(workspace)
+        mlflow.set_tags({f"runtime.{key}": str(value) for key, value in runtime_tags.items()})
+        mlflow.log_params(store.flatten("", params))
+        yield TrainingRun(active.info.run_id, active.info.experiment_id)
+
+
+def log_epoch(epoch: int, logs: dict[str, float]) -> None:
+    """Per-epoch train/val loss and accuracy, stepped by the global epoch across phases."""
+    mlflow.log_metrics(logs, step=epoch)
+
+
+def log_training(metrics: dict[str, float], params: dict[str, str], plot_files: Sequence[Path]) -> None:
+    mlflow.log_metrics(metrics)
+    if params:
+        mlflow.log_params(params)
+    for path in plot_files:
+        mlflow.log_artifact(str(path), artifact_path="plots")
+
+
+@contextlib.contextmanager
+def _model_dir_before_example() -> Iterator[None]:
+    """MLflow's Keras flavour writes the input example before it creates the model folder.
+
+    Without this, ``log_model(..., input_example=...)`` fails with FileNotFoundError.
+    """
+    from mlflow.keras import save as keras_save
+
+    original = keras_save._save_example
+
+    def save_example(mlflow_model, input_example, path):  # type: ignore[no-untyped-def]
+        os.makedirs(path, exist_ok=True)
+        return original(mlflow_model, input_example, path)
+
+    keras_save._save_example = save_example
+    try:
+        yield
+    finally:
+        keras_save._save_example = original
+
+
+def log_and_register(
+    model: keras.Model,
+    model_file: Path,
+    companion_files: Sequence[Path],
+    *,
+    model_name: str,
+    threshold: float,
+    tags: dict[str, str],
+) -> dict:
+    """Log the model in both forms, register the served form, alias it ``challenger`` and tag the version."""
+    size = int(model.input_shape[1])
+    example = np.zeros((1, size, size, 3), np.float32)
+    signature = infer_signature(example, model.predict(example, verbose=0))
+    with _model_dir_before_example():
+        keras_info = mlflow.keras.log_model(
+            model, name="model", signature=signature, input_example=example, pip_requirements=_requirements()
+        )
+    info = serving.log_pyfunc(
+        model_file, threshold=threshold, registered_model_name=model_name, pip_requirements=_requirements()
+    )
+    version = str(info.registered_model_version)
+    client = store.client()
+    client.set_registered_model_alias(model_name, CHALLENGER, version)
+    for key, value in {**tags, "threshold": f"{threshold:.6g}"}.items():
+        client.set_model_version_tag(model_name, version, key, value)
+    for path in [model_file, *companion_files]:
+        mlflow.log_artifact(str(path), artifact_path="keras_file")
+    return {"model_uri": info.model_uri, "keras_model_uri": keras_info.model_uri, "registered_model_version": version}
+
+
+def _requirements() -> list[str]:
+    """Exact versions of what the model needs to load; avoids MLflow's slow import probing."""
+    from importlib.metadata import version
+
+    return [f"{name}=={version(name)}" for name in ("tensorflow", "keras", "numpy", "pillow", "mlflow")]
+
+
+def log_to_mlflow(result: Evaluation, files: dict[str, Path], prefix: str, artifact_path: str) -> None:
+    """Metrics under ``<prefix>_*`` and every report file as an artifact of the active run."""
+    numeric = {f"{prefix}_{k}": v for k, v in json_safe(result.metrics).items() if v is not None}
+    numeric[f"{prefix}_skipped"] = result.skipped.count
+    mlflow.log_metrics(numeric)
+    for path in files.values():
+        if path.exists():
+            mlflow.log_artifact(str(path), artifact_path=artifact_path)
+
+
+def load_model(spec: str) -> tuple[keras.Model, str | None]:
+    """A model from a ``.keras`` path or an MLflow URI (``models:/name@alias``, ``runs:/id/model``).
+
+    Returns the model and, for MLflow URIs, the run that produced it. Loading always
+    goes through Keras's safe mode.
+    """
+    if "://" not in spec and not spec.startswith(("models:/", "runs:/")):
+        return load_model_file(paths.resolve(spec)), None
+    store.configure_uri_only()
+    try:
+        source_run = _source_run(spec)
+        with tempfile.TemporaryDirectory() as tmp:
+            local = Path(mlflow.artifacts.download_artifacts(artifact_uri=spec, dst_path=tmp))
+            candidates = sorted(local.rglob("*.keras"))
+            if not candidates:
+                raise CrackclsError(f"{spec} holds no .keras model file")
+            return load_model_file(candidates[0]), source_run
+    except mlflow.exceptions.MlflowException as exc:
+        raise CrackclsError(f"cannot resolve model {spec}: {exc.message.splitlines()[0]}") from None
+
+
+def _source_run(spec: str) -> str | None:
+    if spec.startswith("runs:/"):
+        return spec.removeprefix("runs:/").split("/", 1)[0]
+    if spec.startswith("models:/"):
+        name_part = spec.removeprefix("models:/")
+        client = store.client()
+        if "@" in name_part:
+            name, alias = name_part.split("@", 1)
+            return client.get_model_version_by_alias(name, alias).run_id
+        name, _, version = name_part.partition("/")
+        if version.isdigit():
+            return client.get_model_version(name, version).run_id
+    return None
+
+
+def tag_version_with_test_metrics(model_name: str, version: str, metrics: dict[str, float]) -> None:
+    """The headline test figures and their intervals on the registered version, where the registry lists them."""
+    client = store.client()
+    for key in ("f1", "accuracy", "recall", "roc_auc"):
+        client.set_model_version_tag(model_name, version, f"test_{key}", f"{metrics[key]:.4f}")
+        if interval := format_interval(metrics, key):
+            client.set_model_version_tag(model_name, version, f"test_{key}_ci95", interval)
+
+
+def publish_model_card(model_name: str, version: str, run_id: str, card_file: Path) -> None:
+    """The card as the registered version's description and as an artifact of its training run."""
+    store.client().update_model_version(model_name, version, description=card_file.read_text(encoding="utf-8"))
+    with mlflow.start_run(run_id=run_id):
+        mlflow.log_artifact(str(card_file), artifact_path="model_card")
+
+
+def log_evaluation(
+    run_id: str, test: Evaluation, files: dict[str, Path], extra: dict[str, tuple[Evaluation, dict[str, Path]]],
+    more_files: Sequence[Path], warnings: Sequence[str],
+) -> None:  # fmt: skip
+    """The test split's and every extra set's metrics and reports, into the model's training run."""
+    store.configure_uri_only()
+    with mlflow.start_run(run_id=run_id):
+        log_to_mlflow(test, files, prefix="test", artifact_path="evaluation")
+        for path in more_files:
+            mlflow.log_artifact(str(path), artifact_path="evaluation")
+        for name, (result, result_files) in extra.items():
+            log_to_mlflow(result, result_files, prefix=name, artifact_path=f"evaluation/{name}")
+        if warnings:
+            mlflow.set_tag("domain_shift_warning", " | ".join(warnings)[:5000])

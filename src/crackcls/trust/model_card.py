@@ -1,0 +1,105 @@
+"""A model card per registered version: what it was trained on, how good it is, and where not to use it.
+
+Rendered as Markdown into the version's description in the MLflow registry (the UI
+shows it on the version's page) and logged as ``model_card.md`` beside the model.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections.abc import Mapping
+from pathlib import Path
+
+from crackcls.data import manifest
+from crackcls.trust.intervals import format_interval
+
+CARD_FILE = "model_card.md"
+INTERVAL_METRICS = ("accuracy", "precision", "recall", "f1", "roc_auc")
+
+INTENDED_USE = (
+    "Screening close-up photos of concrete surfaces (about 227 x 227 px crops, as in the "
+    "Mendeley concrete-crack set) for cracks, with a person reviewing what it flags. "
+    "Not a replacement for a structural inspection."
+)
+KNOWN_LIMITS = (
+    "Trained on one public set of concrete photos from one campus; on other surfaces "
+    "(bridge decks, brick, painted walls) recall can collapse without warning in the "
+    "probability itself. Trust `unfamiliar` answers least: their features lie outside "
+    "what the model saw in training.",
+    "The intervals are 95% intervals over the test images; they say nothing about images "
+    "unlike the test split.",
+    "Hairline cracks thinner than a pixel at the input size, stains, joints and shadows "
+    "are the usual mistakes: see the error gallery in the run's artifacts.",
+)
+
+
+def data_version(split_dir: Path) -> dict[str, str]:
+    """md5 of each split manifest, as DVC records file hashes: the exact images used."""
+    found = {}
+    for split in manifest.SPLITS:
+        path = manifest.manifest_path(split, split_dir)
+        if path.is_file():
+            found[split] = hashlib.md5(path.read_bytes()).hexdigest()
+    return found
+
+
+def _value(value: object) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "n/a"
+    return f"{value:.4f}" if isinstance(value, float) else str(value)
+
+
+def _metric_rows(metrics: Mapping[str, object]) -> list[str]:
+    rows = ["| metric | value | 95% interval |", "|---|---|---|"]
+    for name in INTERVAL_METRICS:
+        if name in metrics:
+            rows.append(f"| {name} | {_value(metrics[name])} | {format_interval(metrics, name) or 'n/a'} |")  # type: ignore[arg-type]
+    return rows
+
+
+def render(
+    name: str,
+    version: str,
+    params: Mapping[str, object],
+    data: Mapping[str, str],
+    test: Mapping[str, object],
+    decision: Mapping[str, object],
+    extra_sets: Mapping[str, Mapping[str, object]],
+) -> str:
+    """The card as Markdown. ``decision``: threshold, target_recall, temperature, ece, ece_uncalibrated."""
+    lines = [f"# {name} version {version}", "", "## Intended use", "", INTENDED_USE, ""]
+    lines += ["## Data", "", "Split manifests (md5, as in `dvc.lock`):", ""]
+    lines += [f"- `{split}.csv`: `{digest}`" for split, digest in data.items()] or ["- unknown"]
+    lines += ["", "## Training parameters", "", "| parameter | value |", "|---|---|"]
+    lines += [f"| `{key}` | `{value}` |" for key, value in sorted(params.items())]
+    lines += ["", f"## Test split ({_value(test.get('n'))} images)", ""]
+    lines += _metric_rows(test)
+    target = decision.get("target_recall")
+    lines += [
+        "",
+        "## Decision threshold and calibration",
+        "",
+        f"- threshold: {_value(decision.get('threshold'))}"
+        + (f", chosen on the validation split for a recall of {target}" if target is not None else " (fixed)"),
+        f"- temperature: {_value(decision.get('temperature'))} (fitted on the validation split, folded into the model)",
+        f"- expected calibration error on the test split: {_value(decision.get('ece_uncalibrated'))} before, "
+        f"{_value(decision.get('ece'))} after",
+        f"- test images flagged unfamiliar: {_value(test.get('unfamiliar'))} "
+        f"({_value(test.get('unfamiliar_fraction'))})",
+    ]
+    if extra_sets:
+        lines += ["", "## Other image sets", ""]
+        lines += [
+            "| set | n | recall | 95% interval | accuracy | familiarity AUROC vs test | flagged unfamiliar | "
+            "accuracy flagged / unflagged |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
+        for set_name, m in extra_sets.items():
+            lines.append(
+                f"| {set_name} | {_value(m.get('n'))} | {_value(m.get('recall'))} | {format_interval(m, 'recall') or 'n/a'} "  # type: ignore[arg-type]
+                f"| {_value(m.get('accuracy'))} | {_value(m.get('familiarity_auroc'))} | {_value(m.get('unfamiliar'))} "
+                f"| {_value(m.get('accuracy_unfamiliar'))} / {_value(m.get('accuracy_familiar'))} |"
+            )
+    lines += ["", "## Known limits", ""] + [f"- {limit}" for limit in KNOWN_LIMITS]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,1 @@
+"""Plumbing every wing shares: atomic writes, workspace paths, user errors, progress bars, quiet start-up, figures."""
