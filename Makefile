@@ -57,8 +57,11 @@ install: $(BIN)/python
 	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[$(EXTRAS)]"
 	@$(BIN)/crackcls --help >/dev/null && echo "installed: $(BIN)/crackcls"
 
+# Two test processes, each test file whole in one of them (its module fixtures are built once).
+TEST_WORKERS ?= 2
+
 test:
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile
 
 test-fast:
 	$(BIN)/python -m pytest -m "not e2e"

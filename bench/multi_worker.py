@@ -34,7 +34,11 @@ import yaml
 REPO_ROOT = Path(__file__).resolve().parents[1]
 RESULTS = REPO_ROOT / "bench" / "results"
 DONE = re.compile(r"done: (\d+) steps in ([\d.]+) s")
-ONE_WORKER_LOOP = "from crackcls import distributed; from crackcls.config import load_config; import pathlib; distributed.train(load_config(), pathlib.Path.cwd())"
+ONE_WORKER_LOOP = (
+    "import pathlib\nfrom crackcls.config import load_config\nfrom crackcls.model import distributed\n"
+    "config, workspace = load_config(), pathlib.Path.cwd()\n"
+    "with distributed.cluster() as cluster:\n    cluster.fit(config.model, config.train, workspace)\n"
+)
 
 
 def prepare(root: Path, data: Path, backbone: str, per_class: int, size: int, epochs: int, batch: int) -> Path:

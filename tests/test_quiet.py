@@ -65,7 +65,7 @@ def test_importing_tensorflow_through_crackcls_is_silent_but_warnings_show(tmp_p
 
 def test_lines_written_inside_the_filter_come_back_in_order(tmp_path):
     code = (
-        "import os\nfrom crackcls import quiet\n"
+        "import os\nfrom crackcls.util import quiet\n"
         "with quiet.filtered_stderr():\n"
         f"    os.write(2, {START_UP!r})\n"
         "    os.write(2, b'first\\n')\n"
@@ -89,7 +89,7 @@ def test_a_stage_that_fails_shows_its_error_and_no_start_up_lines(tmp_path):
 
 
 def test_the_user_can_ask_for_every_line(tmp_path):
-    result = run_python("import crackcls, sys; from crackcls import quiet; print(quiet.enabled())", tmp_path, TF_CPP_MIN_LOG_LEVEL="0")
+    result = run_python("import crackcls, sys; from crackcls.util import quiet; print(quiet.enabled())", tmp_path, TF_CPP_MIN_LOG_LEVEL="0")
     assert result.stdout.strip() == "False"
 
 

@@ -163,10 +163,17 @@ def history_rows(project: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(handle))
 
 
+def pretrained_no_val(project: Path, **extra) -> dict:
+    """The 70/30 configuration on its own backbone with a weights file: the path ImageNet weights take."""
+    weights = pretrained_params(project.parent / "weights", "mobilenet_v2", 48)
+    return deep_merge(tiny(NO_VAL, **extra), weights)
+
+
 @pytest.mark.e2e
 def test_70_30_configuration_trains_and_evaluates_without_a_validation_split(tiny_project):
-    write_params(tiny_project, tiny(NO_VAL))
+    write_params(tiny_project, pretrained_no_val(tiny_project))
     results = run_pipeline_in_process(tiny_project)
+    assert results["features"]["feature_cache"] is True and results["features"]["val_images"] == 0
 
     split = json.loads((tiny_project / "reports/split.json").read_text())
     assert split["val"]["total"] == 0
@@ -185,10 +192,26 @@ def test_70_30_configuration_trains_and_evaluates_without_a_validation_split(tin
 
 @pytest.mark.e2e
 def test_70_30_split_with_images_instead_of_the_feature_cache(tiny_project):
-    write_params(tiny_project, tiny(NO_VAL, train={"feature_cache": False}))
-    run_pipeline_in_process(tiny_project)
+    write_params(tiny_project, pretrained_no_val(tiny_project, train={"feature_cache": False}))
+    results = run_pipeline_in_process(tiny_project)
+    assert results["features"] == {"feature_cache": False}
     assert json.loads((tiny_project / "reports/split.json").read_text())["val"]["total"] == 0
+    assert not any(k.startswith("val_") for k in history_rows(tiny_project)[0])
     assert (tiny_project / "reports/metrics.json").is_file()
+
+
+@pytest.mark.e2e
+def test_70_30_split_from_scratch_early_stops_on_the_training_loss(tiny_project):
+    """No validation split on the from-scratch path: early stopping and the logged metrics use the training loss."""
+    write_params(tiny_project, tiny(NO_VAL, model={"backbone": "compact_cnn", "image_size": 48}))
+    results = run_pipeline_in_process(tiny_project)
+    assert results["features"] == {"feature_cache": False}
+    rows = history_rows(tiny_project)
+    assert rows and {row["phase"] for row in rows} == {"scratch"}
+    assert not any(k.startswith("val_") for k in rows[0])
+    store.configure_uri_only()
+    run = mlflow.get_run(results["train"]["run_id"])
+    assert run.data.metrics["batchnorm_recalibration_images"] > 0 and "val_loss" not in run.data.metrics
 
 
 @pytest.mark.e2e
