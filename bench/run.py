@@ -126,12 +126,12 @@ def part_frozen_weights(project: Path) -> dict:
     """
     import keras
 
-    from crackcls.data import manifest
-    from crackcls.util import paths
-    from crackcls.model.settings import ModelConfig
     from crackcls.config import load_config
+    from crackcls.data import manifest
     from crackcls.data.pipeline import manifest_dataset
     from crackcls.model.build import build_model, calibrate_batchnorm
+    from crackcls.model.settings import ModelConfig
+    from crackcls.util import paths
 
     os.chdir(project)
     config = load_config(project / "params.yaml")
@@ -216,11 +216,11 @@ def part_seed_train(project: Path, epochs: int, checkpoints: list[int]) -> dict:
     """A faithful seed-project loop, reading the same split and backbone weights."""
     import keras
 
+    from crackcls.config import load_config
     from crackcls.data import manifest
     from crackcls.model import features
-    from crackcls.util import paths
-    from crackcls.config import load_config
     from crackcls.model.build import BACKBONES, build_backbone
+    from crackcls.util import paths
 
     os.chdir(project)
     config = load_config(project / "params.yaml")
@@ -273,10 +273,9 @@ def part_predict(project: Path, n_images: int, batch: int) -> dict:
     import tensorflow as tf
 
     from crackcls.data import manifest
-    from crackcls.util import paths
-    from crackcls.model.inference import predict_files
     from crackcls.data.images import load_rgb
-    from crackcls.model.inference import load_model_file
+    from crackcls.model.inference import load_model_file, predict_files
+    from crackcls.util import paths
 
     os.chdir(project)
     model = load_model_file(project / paths.MODEL_FILE)
@@ -333,9 +332,9 @@ def part_predict_command(project: Path, n_images: int) -> dict:
 
 def part_split(source: Path, work: Path, copies: int) -> dict:
     """Split on copies × the source tree, each copy made unique by trailing bytes."""
-    from crackcls.util import paths
     from crackcls.config import load_config
     from crackcls.stages import split
+    from crackcls.util import paths
 
     raw = work / paths.RAW_DIR
     count = 0
@@ -399,10 +398,10 @@ def part_scan_speed(backbone: str, size: int, sample: Path, work: Path, photos: 
     import numpy as np
     import tensorflow as tf
 
-    from crackcls.model.settings import ModelConfig, TrainConfig
-    from crackcls.model.inference import forward_pass
     from crackcls.data.images import SkipReport
     from crackcls.model.build import build_model
+    from crackcls.model.inference import forward_pass
+    from crackcls.model.settings import ModelConfig, TrainConfig
     from crackcls.photos.scan import ScanSettings, scan_files
 
     model = build_model(ModelConfig(backbone=backbone, weights="none", image_size=size), TrainConfig()).model
@@ -450,9 +449,9 @@ def part_big_photo(sample: Path, work: Path, megapixels: int) -> dict:
 
 def part_scan_memory(photo: Path, backbone: str, size: int) -> dict:
     """Scan one photo (with an overlay copy); peak RSS comes from run_part."""
-    from crackcls.model.settings import ModelConfig, TrainConfig
     from crackcls.data.images import SkipReport
     from crackcls.model.build import build_model
+    from crackcls.model.settings import ModelConfig, TrainConfig
     from crackcls.photos.scan import ScanSettings, scan_files
 
     model = build_model(ModelConfig(backbone=backbone, weights="none", image_size=size), TrainConfig()).model
@@ -466,10 +465,10 @@ def part_scan_accuracy(model_spec: str, sample: Path, work: Path, photos: int) -
     import numpy as np
     from PIL import Image
 
-    from crackcls.tracking.registry import load_model
-    from crackcls.jobs.evaluate import tile_level_metrics
     from crackcls.jobs.scan import scan_paths
     from crackcls.photos.scan import ScanSettings
+    from crackcls.photos.tile_truth import tile_level_metrics
+    from crackcls.tracking.registry import load_model
 
     build_mosaic, crack_path = _mosaic_tools()
     rng = np.random.default_rng(2024)
