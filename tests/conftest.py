@@ -275,3 +275,16 @@ def build_mosaic(sample: Path, rows: int, cols: int, crack_cells, seed: int, ski
             with Image.open(pool[int(rng.integers(len(pool)))]) as patch:
                 mosaic[r * PATCH : (r + 1) * PATCH, c * PATCH : (c + 1) * PATCH] = np.asarray(patch.convert("RGB"))
     return mosaic
+
+
+# The slowest files, slowest first (measured with --durations). Started first, they leave the
+# quick files to fill in around them, so the two test processes of `make test` end together.
+SLOWEST_FILES = (
+    "test_queue.py", "test_e2e_demo.py", "test_team_server.py", "test_seed_configs.py", "test_failure_modes.py",
+    "test_from_scratch.py", "test_mlflow_ui.py", "test_dvc_remote.py", "test_scan.py", "test_multi_worker.py",
+)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    rank = {name: i for i, name in enumerate(SLOWEST_FILES)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(SLOWEST_FILES)))  # stable: order within a file kept
