@@ -8,6 +8,7 @@ between modules of the same wing.
 from __future__ import annotations
 
 import configparser
+import functools
 import os
 import shutil
 import subprocess
@@ -31,7 +32,9 @@ def lint_imports(src: Path) -> subprocess.CompletedProcess:
     )  # fmt: skip
 
 
+@functools.cache
 def import_graph() -> grimp.ImportGraph:
+    """The package's import graph, built once per test process."""
     return grimp.build_graph("crackcls", cache_dir=None)
 
 

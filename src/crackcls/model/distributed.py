@@ -258,7 +258,7 @@ class Cluster:
             return trained
         trained.crack = _plain_copy(crack, model, train)
         if scratch:
-            metrics["batchnorm_recalibration_images"] = recalibrate_batchnorm(trained.crack, model, train, workspace)
+            metrics["batchnorm_recalibration_images"] = recalibrate_batchnorm(trained.crack, model, train, train_items, workspace)
         return trained
 
 

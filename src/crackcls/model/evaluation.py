@@ -173,8 +173,9 @@ def domain_shift_warnings(test: Evaluation, extra: dict[str, Evaluation]) -> lis
 
 def summary(result: Evaluation) -> dict:
     """An extra set's headline figures with their intervals, and its familiarity figures."""
-    keep = lambda key: key.split("_ci_")[0] in SUMMARY_KEYS or key in FAMILIARITY_KEYS  # noqa: E731
-    return json_safe({k: v for k, v in result.metrics.items() if keep(k)})
+    return json_safe(
+        {k: v for k, v in result.metrics.items() if k.split("_ci_")[0] in SUMMARY_KEYS or k in FAMILIARITY_KEYS}
+    )
 
 
 def metrics_text(title: str, metrics: dict[str, float]) -> str:

@@ -36,8 +36,7 @@ from crackcls.model.build import (
     unfreeze_top,
 )
 from crackcls.model.settings import ModelConfig, TrainConfig
-from crackcls.trust import companions as companion_files
-from crackcls.trust.companions import Companions
+from crackcls.trust import companions
 from crackcls.util import atomic, paths, plots
 from crackcls.util.errors import CrackclsError
 from crackcls.util.progress import keras_batch_bar
@@ -96,22 +95,24 @@ def new_model(model: ModelConfig, train: TrainConfig, workspace: Path) -> CrackM
 def fit(model: ModelConfig, train: TrainConfig, workspace: Path, on_epoch: EpochHook | None = None) -> Trained:
     """Train a new classifier on the train split, early-stopping on the validation split."""
     crack = new_model(model, train, workspace)
-    callbacks = _callbacks(train.patience, bool(split_items(workspace, "val")), on_epoch)
+    items = split_items(workspace, "train"), split_items(workspace, "val")
+    callbacks = _callbacks(train.patience, bool(items[1]), on_epoch)
     started = time.perf_counter()
     metrics: dict[str, float] = {}
     params: dict[str, str] = {}
-    if from_scratch(model):
-        phases = [("scratch", _fit_on_images(crack, model, train, workspace, callbacks, 0, train.epochs, scratch=True))]
-        metrics["batchnorm_recalibration_images"] = recalibrate_batchnorm(crack, model, train, workspace)
+    scratch = from_scratch(model)
+    if scratch:
+        phases = [("scratch", _fit_on_images(crack, model, train, items, workspace, callbacks, 0, train.epochs, scratch=True))]
+        metrics["batchnorm_recalibration_images"] = recalibrate_batchnorm(crack, model, train, items[0], workspace)
     elif train.feature_cache:
         phases = [("frozen", _fit_head_on_cache(crack, model, train, workspace, callbacks))]
     else:
-        phases = [("frozen", _fit_on_images(crack, model, train, workspace, callbacks, 0, train.epochs, train.learning_rate))]
+        phases = [("frozen", _fit_on_images(crack, model, train, items, workspace, callbacks, 0, train.epochs, train.learning_rate))]
     frozen_epochs = len(phases[0][1]["loss"])
-    if not from_scratch(model) and model.fine_tune_layers > 0 and train.fine_tune_epochs > 0:
+    if not scratch and model.fine_tune_layers > 0 and train.fine_tune_epochs > 0:
         params["fine_tune_layers_unfrozen"] = str(unfreeze_top(crack.backbone, model.fine_tune_layers))
         fine_tune = _fit_on_images(
-            crack, model, train, workspace, callbacks, frozen_epochs, train.fine_tune_epochs, train.fine_tune_learning_rate
+            crack, model, train, items, workspace, callbacks, frozen_epochs, train.fine_tune_epochs, train.fine_tune_learning_rate
         )
         phases.append(("fine_tune", fine_tune))
     history = merge_phases(phases)
@@ -161,6 +162,7 @@ def _fit_on_images(
     crack: CrackModel,
     model: ModelConfig,
     train: TrainConfig,
+    items: tuple[list, list],
     workspace: Path,
     callbacks: list,
     first_epoch: int,
@@ -171,7 +173,7 @@ def _fit_on_images(
 ) -> dict[str, list[float]]:
     """Fit the whole model on decoded images; ``scratch`` uses the from-scratch recipe and keeps images in memory."""
     size, batch, seed = model.image_size, train.batch_size, train.seed
-    train_items, val_items = split_items(workspace, "train"), split_items(workspace, "val")
+    train_items, val_items = items
     if not train_items:
         raise CrackclsError("the train split is empty; adjust data.split ratios")
     if scratch:
@@ -192,13 +194,13 @@ def _fit_on_images(
     ).history
 
 
-def recalibrate_batchnorm(crack: CrackModel, model: ModelConfig, train: TrainConfig, workspace: Path) -> int:
+def recalibrate_batchnorm(crack: CrackModel, model: ModelConfig, train: TrainConfig, train_items: list, workspace: Path) -> int:
     """Inference statistics of the final weights, from un-augmented training images; returns images used."""
     batches = train.scratch.batchnorm_recalibration_batches
     if batches == 0:
         return 0
     images = manifest_dataset(
-        split_items(workspace, "train"), model.image_size, train.batch_size, shuffle_seed=train.seed, base=workspace
+        train_items, model.image_size, train.batch_size, shuffle_seed=train.seed, base=workspace
     )
     return calibrate_batchnorm(crack, (x for x, _ in images.take(batches)))
 
@@ -222,12 +224,12 @@ def history_csv(history: dict[str, list]) -> str:
     return csv_text(rows, ["epoch", "phase", *keys])
 
 
-def save(trained: Trained, fitted: Companions, workspace: Path) -> Saved:
+def save(trained: Trained, fitted: companions.Companions, workspace: Path) -> Saved:
     """The model file and its companions, the history CSV DVC plots, and the training-curves PNG; each atomic."""
     model_file = workspace / paths.MODEL_FILE
     with atomic.atomic_path(model_file, suffix=".keras") as tmp:
         trained.crack.model.save(tmp)
-    written = companion_files.write(model_file, fitted)
+    written = companions.write(model_file, fitted)
     atomic.write_text(workspace / HISTORY_FILE, history_csv(trained.history))
     plots.training_curves(trained.history, workspace / CURVES_FILE, phase_start=trained.phase_start)
     return Saved(model_file, written, [workspace / CURVES_FILE, workspace / HISTORY_FILE])

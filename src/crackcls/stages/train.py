@@ -20,20 +20,21 @@ from crackcls.util.errors import user_errors_exit
 
 def run(config: Config, workspace: Path) -> dict:
     """Train under the strategy the machine calls for, then post-train fit, save, log and register."""
+    run_name = f"{config.model.backbone}-{config.model.image_size}px"
     if not distributed.multi_worker():
         with training.single_process():
-            return fit_save_and_register(config, workspace, training.fit, runtime.describe())
+            return fit_save_and_register(config, workspace, training.fit, run_name, runtime.describe())
     with distributed.cluster() as cluster:
         if not cluster.is_chief:  # trains in sync; the chief writes the outputs
             trained = cluster.fit(config.model, config.train, workspace)
             return {"task": f"{cluster.me.type}:{cluster.me.index}", **trained.metrics}
-        return fit_save_and_register(config, workspace, cluster.fit, cluster.describe())
+        run_name += f"-{cluster.me.workers}workers"
+        return fit_save_and_register(config, workspace, cluster.fit, run_name, cluster.describe())
 
 
-def fit_save_and_register(config: Config, workspace: Path, fit: Callable[..., training.Trained], runtime_tags: dict) -> dict:
-    run_name = f"{config.model.backbone}-{config.model.image_size}px"
-    if "workers" in runtime_tags:
-        run_name += f"-{runtime_tags['workers']}workers"
+def fit_save_and_register(
+    config: Config, workspace: Path, fit: Callable[..., training.Trained], run_name: str, runtime_tags: dict
+) -> dict:
     params = config.model_dump(mode="json")
     with registry.training_run(config.mlflow.experiment, run_name, params, workspace, runtime_tags) as run:
         trained = fit(config.model, config.train, workspace, on_epoch=registry.log_epoch)
