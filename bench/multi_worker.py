@@ -48,8 +48,8 @@ def prepare(root: Path, data: Path, backbone: str, per_class: int, size: int, ep
         for image in sorted((data / label).iterdir())[:per_class]:
             shutil.copy(image, project / "data_in" / label / image.name)
     params = yaml.safe_load((REPO_ROOT / "params.yaml").read_text())
-    params["data"].update({"source": "data_in"})
-    params["data"]["download"]["mirror_url"] = None
+    params["data"].update({"sources": ["data_in"]})
+    params["data"]["download"]["mendeley"]["mirror_url"] = None
     params["model"].update({"backbone": backbone, "weights": "none", "image_size": size})
     params["train"].update({"epochs": epochs, "patience": epochs, "batch_size": batch})
     params["mlflow"] = {"experiment": "bench-multi-worker"}

@@ -70,8 +70,8 @@ FROZEN_WEIGHTS = "frozen_backbone.weights.h5"
 
 def project_params(data_dir: Path, size: int, epochs: int, batch: int) -> dict:
     params = yaml.safe_load((REPO_ROOT / "params.yaml").read_text())
-    params["data"]["source"] = str(data_dir)
-    params["data"]["download"]["mirror_url"] = None
+    params["data"]["sources"] = [str(data_dir)]
+    params["data"]["download"]["mendeley"]["mirror_url"] = None
     params["model"].update({"backbone": "mobilenet_v2", "image_size": size, "fine_tune_layers": 0})
     params["train"].update({"epochs": epochs, "patience": epochs, "batch_size": batch})
     params["mlflow"] = {"experiment": "bench"}

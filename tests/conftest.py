@@ -27,7 +27,7 @@ BIN_DIR = Path(sys.executable).parent
 
 # Small and fast: the compact backbone from scratch, small images, few epochs.
 TINY_PARAMS = {
-    "data": {"source": "sample", "download": {"mirror_url": None}},
+    "data": {"sources": ["sample"], "download": {"mendeley": {"mirror_url": None}}},
     "model": {"backbone": "compact_cnn", "weights": "none", "image_size": 48},
     "train": {"epochs": 3, "patience": 2, "batch_size": 16, "cache_views": 2},
     "mlflow": {"experiment": "tests"},
@@ -132,9 +132,9 @@ def build_tiny_project(project: Path, per_class: int = 40) -> Path:
     project.mkdir(parents=True)
     shutil.copy(REPO_ROOT / "dvc.yaml", project / "dvc.yaml")
     for label in ("Positive", "Negative"):
-        target = project / "sample" / label
+        target = project / "sample" / "mendeley" / label
         target.mkdir(parents=True)
-        for image in sorted((REPO_ROOT / "sample" / label).glob("*.jpg"))[:per_class]:
+        for image in sorted((REPO_ROOT / "sample" / "mendeley" / label).glob("*.jpg"))[:per_class]:
             shutil.copy(image, target / image.name)
     write_params(project, TINY_PARAMS)
     return project

@@ -40,13 +40,13 @@ def test_split_and_training_count_and_list_bad_files(tiny_project):
     photos = tiny_project / "photos"
     for label in ("Positive", "Negative"):
         (photos / label).mkdir(parents=True)
-        for image in sorted((REPO_ROOT / "sample" / label).glob("*.jpg"))[:20]:
+        for image in sorted((REPO_ROOT / "sample" / "mendeley" / label).glob("*.jpg"))[:20]:
             shutil.copy(image, photos / label / image.name)
     valid_extra = odd_but_valid_images(photos / "Negative")
     rejected = broken_files(photos / "Positive")
     # The pretrained path, so the feature cache records which training images decoded.
     frozen = pretrained_params(tiny_project.parent / "weights", "mobilenet_v2", 48)
-    write_params(tiny_project, deep_merge(deep_merge(TINY_PARAMS, {"data": {"source": str(photos)}}), frozen))
+    write_params(tiny_project, deep_merge(deep_merge(TINY_PARAMS, {"data": {"sources": [str(photos)]}}), frozen))
 
     run_pipeline_in_process(tiny_project)
 

@@ -14,7 +14,8 @@ from crackcls.model.settings import BACKBONES
 def test_repository_params_are_valid(tmp_path):
     (tmp_path / "params.yaml").write_text(committed_file_text("params.yaml"))
     config = load_config(tmp_path / "params.yaml")
-    assert config.data.source == "mendeley"
+    assert [source.name for source in config.data.sources] == ["mendeley", "sdnet2018"]
+    assert config.data.sources[1].parents.match("7001-115").group("parent") == "7001"
     assert config.data.split.train == pytest.approx(0.70)
     assert config.model.backbone == "mobilenet_v2"
     assert config.registry.promote_metric == "f1"
@@ -39,8 +40,17 @@ def test_defaults_match_the_documented_ones():
         ({"model": {"image_size": 5000}}, ["model.image_size"]),
         ({"model": {"weights": "no/such/file.h5"}}, ["model.weights", "no/such/file.h5"]),
         ({"registry": {"promote_metric": "speed"}}, ["registry.promote_metric", "f1", "roc_auc"]),
-        ({"data": {"source": "/no/such/folder"}}, ["data.source", "mendeley", "sample"]),
-        ({"data": {"download": {"sha256": "abc"}}}, ["data.download.sha256", "64 hexadecimal"]),
+        ({"data": {"sources": ["/no/such/folder"]}}, ["data.sources.0", "/no/such/folder", "Positive/"]),
+        ({"data": {"source": "sample"}}, ["data.source", "now data.sources", "sources: [sample]"]),
+        ({"data": {"sources": []}}, ["data.sources", "at least 1"]),
+        ({"data": {"sources": ["sample", "sample"]}}, ["data.sources", "mendeley listed twice"]),
+        ({"data": {"sources": [{"name": "Site A", "path": "sample/mendeley"}]}}, ["data.sources.0.name", "lower-case"]),
+        ({"data": {"sources": [{"name": "a", "path": "sample/mendeley", "parent_pattern": "(x"}]}}, ["regular expression"]),
+        ({"data": {"sources": [{"name": "a", "path": "sample/mendeley", "parent_pattern": "^(.+)-"}]}}, ["(?P<parent>"]),
+        ({"data": {"sources": [{"name": "a", "kind": "mendeley", "path": "x"}]}}, ["takes no path"]),
+        ({"data": {"download": {"mendeley": {"sha256": "abc"}}}}, ["data.download.mendeley.sha256", "64 hexadecimal"]),
+        ({"data": {"download": {"sdnet2018": {"md5": "abc"}}}}, ["data.download.sdnet2018.md5", "32 hexadecimal"]),
+        ({"train": {"balance": "equal"}}, ["train.balance", "source_class"]),
         ({"model": {"dropout": 1.5}}, ["model.dropout"]),
         ({"train": {"epocs": 3}}, ["train.epocs", "unknown key"]),
     ],
@@ -60,9 +70,23 @@ def test_folder_source_needs_both_class_folders_with_images(tmp_path, monkeypatc
     (tmp_path / "photos" / "Negative").mkdir()
     (tmp_path / "photos" / "Positive" / "a.jpg").write_bytes(b"x")
     with pytest.raises(ConfigError, match="Negative.*zero images"):
-        parse_config({"data": {"source": "photos"}})
+        parse_config({"data": {"sources": ["photos"]}})
     (tmp_path / "photos" / "Negative" / "b.png").write_bytes(b"x")
-    assert parse_config({"data": {"source": "photos"}}).data.source == "photos"
+    (source,) = parse_config({"data": {"sources": ["photos"]}}).data.sources
+    assert (source.name, source.kind, source.path, source.parents) == ("photos", "folder", "photos", None)
+
+
+def test_short_forms_name_the_bundled_samples_and_sdnet_parents(monkeypatch):
+    from conftest import REPO_ROOT
+
+    monkeypatch.chdir(REPO_ROOT)
+    mendeley, sdnet = parse_config({"data": {"sources": ["sample", "sdnet2018-sample"]}}).data.sources
+    assert (mendeley.name, mendeley.path, mendeley.parents) == ("mendeley", "sample/mendeley", None)
+    assert (sdnet.name, sdnet.path) == ("sdnet2018", "sample/sdnet2018")
+    assert sdnet.parents.match("027-22_2").group("parent") == "027"
+    # a mapping for the public set without a pattern still splits by parent
+    (full,) = parse_config({"data": {"sources": [{"name": "sdnet2018", "kind": "sdnet2018"}]}}).data.sources
+    assert full.parents.match("7001-1").group("parent") == "7001"
 
 
 def test_weights_file_is_accepted_when_it_exists(tmp_path, monkeypatch):

@@ -21,7 +21,7 @@ from conftest import deep_merge, fresh_repo_copy, subprocess_env
 pytestmark = pytest.mark.e2e
 
 TINY = {
-    "data": {"source": "sample", "max_per_class": 20},
+    "data": {"sources": ["sample"], "max_per_class": 20},
     "model": {"backbone": "compact_cnn", "weights": "none", "image_size": 48},
     "train": {"epochs": 2, "patience": 1, "batch_size": 16},
 }

@@ -97,7 +97,7 @@ def test_make_evaluate_on_a_labelled_folder(demo_repo, tmp_path):
     folder = tmp_path / "field_photos"
     for label in ("Positive", "Negative"):
         (folder / label).mkdir(parents=True)
-        for image in sorted((demo_repo / "sample" / label).glob("*.jpg"))[:5]:
+        for image in sorted((demo_repo / "sample" / "mendeley" / label).glob("*.jpg"))[:5]:
             shutil.copy(image, folder / label / image.name)
     result = _run(["make", "evaluate", f"DATA={folder}"], demo_repo)
     assert "accuracy" in result.stdout and "f1" in result.stdout

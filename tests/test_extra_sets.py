@@ -33,7 +33,7 @@ def test_extra_sets_get_their_own_metrics_in_dvc_and_mlflow(tiny_project):
     other = tiny_project / "other_surface"
     for label in ("Positive", "Negative"):
         (other / label).mkdir(parents=True)
-        for image in sorted((REPO_ROOT / "sample" / label).glob("*.jpg"))[-6:]:  # not in the tiny project's sample
+        for image in sorted((REPO_ROOT / "sample" / "mendeley" / label).glob("*.jpg"))[-6:]:  # not in the tiny project's sample
             shutil.copy(image, other / label / image.name)
     write_params(tiny_project, deep_merge(TINY_PARAMS, {"evaluate": {"extra_sets": ["other_surface"]}}))
 

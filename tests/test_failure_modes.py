@@ -59,9 +59,9 @@ def make_project(root: Path, override: dict | None = None, per_class: int = 40) 
     root.mkdir(parents=True)
     shutil.copy(REPO_ROOT / "dvc.yaml", root / "dvc.yaml")
     for label in paths.LABELS:
-        target = root / "sample" / label
+        target = root / "sample" / "mendeley" / label
         target.mkdir(parents=True)
-        for image in sorted((REPO_ROOT / "sample" / label).glob("*.jpg"))[:per_class]:
+        for image in sorted((REPO_ROOT / "sample" / "mendeley" / label).glob("*.jpg"))[:per_class]:
             shutil.copy(image, target / image.name)
     write_params(root, deep_merge(TINY_PARAMS, override or {}))
     return root
@@ -222,9 +222,9 @@ def test_empty_class_folder_is_a_config_error(tiny_project, tmp_path):
     source = tmp_path / "field_photos"
     (source / "Positive").mkdir(parents=True)
     (source / "Negative").mkdir()
-    shutil.copy(next((REPO_ROOT / "sample" / "Positive").glob("*.jpg")), source / "Positive" / "crack.jpg")
+    shutil.copy(next((REPO_ROOT / "sample" / "mendeley" / "Positive").glob("*.jpg")), source / "Positive" / "crack.jpg")
     (source / "Negative" / "notes.txt").write_text("not an image")  # a file, but no image
-    write_params(tiny_project, deep_merge(TINY_PARAMS, {"data": {"source": str(source)}}))
+    write_params(tiny_project, deep_merge(TINY_PARAMS, {"data": {"sources": [str(source)]}}))
     with pytest.raises(ConfigError) as caught:
         load_config()
     message = str(caught.value)
@@ -554,7 +554,7 @@ def test_dvc_repro_recovers_after_split_interrupted(tmp_path, signum):
     shutil.copytree(repo / "field", repo / paths.FIELD_DIR)
     for label in paths.LABELS:
         (repo / paths.RAW_DIR / label).mkdir(parents=True)
-        for image in sorted((repo / "sample" / label).glob("*.jpg"))[:40]:
+        for image in sorted((repo / "sample" / "mendeley" / label).glob("*.jpg"))[:40]:
             os.link(image, repo / paths.RAW_DIR / label / image.name)
 
     first = _dvc(repo, env, "repro", "--single-item", "split")

@@ -40,7 +40,7 @@ def folder_project(root: Path, images: Path, override: dict) -> Path:
         root,
         deep_merge(
             {
-                "data": {"source": str(images), "download": {"mirror_url": None}},
+                "data": {"sources": [str(images)], "download": {"mendeley": {"mirror_url": None}}},
                 "model": {"backbone": "compact_cnn", "weights": "none", "image_size": 64},
                 "train": {"epochs": 8, "patience": 8, "batch_size": 32},
                 "mlflow": {"experiment": "tests"},
@@ -127,7 +127,7 @@ def test_recalibrated_batchnorm_makes_inference_match_training_statistics(backbo
     for layer in crack.backbone.layers:  # EfficientNet's stochastic depth would make training mode random
         if isinstance(layer, keras.layers.Dropout):
             layer.rate = 0.0
-    files = sorted((REPO_ROOT / "sample" / "Positive").glob("*.jpg"))[:8] + sorted((REPO_ROOT / "sample" / "Negative").glob("*.jpg"))[:8]
+    files = sorted((REPO_ROOT / "sample" / "mendeley" / "Positive").glob("*.jpg"))[:8] + sorted((REPO_ROOT / "sample" / "mendeley" / "Negative").glob("*.jpg"))[:8]
     batch = np.stack([load_rgb(f, 48) for f in files]).astype(np.float32)
 
     def pooled(training: bool) -> np.ndarray:

@@ -18,8 +18,8 @@ from crackcls.data.images import load_rgb
 from crackcls.model.build import build_model, calibrate_batchnorm
 from crackcls.model.inference import load_model_file
 
-POSITIVE = sorted((REPO_ROOT / "sample" / "Positive").glob("*.jpg"))
-NEGATIVE = sorted((REPO_ROOT / "sample" / "Negative").glob("*.jpg"))
+POSITIVE = sorted((REPO_ROOT / "sample" / "mendeley" / "Positive").glob("*.jpg"))
+NEGATIVE = sorted((REPO_ROOT / "sample" / "mendeley" / "Negative").glob("*.jpg"))
 GREY = 128
 
 

@@ -24,7 +24,7 @@ from crackcls.model import distributed
 WORKERS = 2
 TIMEOUT_S = 420
 PARAMS = {
-    "data": {"source": "sample", "download": {"mirror_url": None}},
+    "data": {"sources": ["sample"], "download": {"mendeley": {"mirror_url": None}}},
     "model": {"backbone": "compact_cnn", "weights": "none", "image_size": 48},
     "train": {"epochs": 3, "patience": 3, "batch_size": 8},
     "mlflow": {"experiment": "tests"},
@@ -138,7 +138,7 @@ def test_the_model_loads_and_predicts(cluster_run):
 
     chief = cluster_run[0]
     model = load_model_file(chief / "models/model.keras")
-    images = [*sorted((REPO_ROOT / "sample/Positive").glob("*.jpg"))[:3], *sorted((REPO_ROOT / "sample/Negative").glob("*.jpg"))[:3]]
+    images = [*sorted((REPO_ROOT / "sample/mendeley/Positive").glob("*.jpg"))[:3], *sorted((REPO_ROOT / "sample/mendeley/Negative").glob("*.jpg"))[:3]]
     scores = score_files(model, images, 8, base=REPO_ROOT)
     assert scores.reasons == [None] * len(images)
     assert scores.probabilities.shape == (len(images),)

@@ -39,8 +39,8 @@ def odd_files(tmp_path: Path) -> Path:
     """Two good photos (same name, different folders) and two files named .jpg that are not images."""
     folder = tmp_path / "inbox"
     (folder / "nested" / "deeper").mkdir(parents=True)
-    shutil.copy(REPO_ROOT / "sample" / "Positive" / "00047.jpg", folder / "photo.jpg")
-    shutil.copy(REPO_ROOT / "sample" / "Negative" / "00254.jpg", folder / "nested" / "deeper" / "photo.jpg")
+    shutil.copy(REPO_ROOT / "sample" / "mendeley" / "Positive" / "00047.jpg", folder / "photo.jpg")
+    shutil.copy(REPO_ROOT / "sample" / "mendeley" / "Negative" / "00254.jpg", folder / "nested" / "deeper" / "photo.jpg")
     (folder / "empty.jpg").write_bytes(b"")
     (folder / "notes.jpg").write_text("not a picture\n")
     return folder
@@ -58,10 +58,10 @@ def probabilities(result: predict.PredictResult) -> dict[str, float]:
 
 
 def test_files_folders_and_globs_are_expanded_once_each(project):
-    result = predict.run(["sample/Positive/00047.jpg", "sample", "sample/Negative/*.jpg"], KERAS_FILE)
+    result = predict.run(["sample/mendeley/Positive/00047.jpg", "sample", "sample/mendeley/Negative/*.jpg"], KERAS_FILE)
     paths = [p.path for p in result.predictions]
     assert len(paths) == 80 and len(set(paths)) == 80  # the folder holds 40 + 40; duplicates collapse
-    assert paths[0] == "sample/Positive/00047.jpg"
+    assert paths[0] == "sample/mendeley/Positive/00047.jpg"
     assert {p.label for p in result.predictions} <= {"crack", "no_crack"}
     for p in result.predictions:
         assert 0.0 <= p.crack_probability <= 1.0 and p.threshold == 0.5
@@ -120,16 +120,16 @@ def test_unreadable_files_are_skipped_with_reasons(project, odd_files, capsys):
 
 
 def test_threshold_changes_labels(project):
-    baseline = predict.run(["sample/Positive"], KERAS_FILE)
+    baseline = predict.run(["sample/mendeley/Positive"], KERAS_FILE)
     probs = sorted(probabilities(baseline).values())
     middle = (probs[len(probs) // 2 - 1] + probs[len(probs) // 2]) / 2
     assert probs[0] < middle < probs[-1]
-    split = predict.run(["sample/Positive"], KERAS_FILE, threshold=middle)
+    split = predict.run(["sample/mendeley/Positive"], KERAS_FILE, threshold=middle)
     assert probabilities(split) == probabilities(baseline)
     labels = [p.label for p in split.predictions]
     assert labels.count("crack") == labels.count("no_crack") == 20
     assert {p.threshold for p in split.predictions} == {middle}
-    assert {p.label for p in predict.run(["sample/Positive"], KERAS_FILE, threshold=0.0).predictions} == {"crack"}
+    assert {p.label for p in predict.run(["sample/mendeley/Positive"], KERAS_FILE, threshold=0.0).predictions} == {"crack"}
 
 
 def test_explain_writes_one_overlay_per_readable_image(project, odd_files, capsys, tmp_path):
@@ -145,8 +145,8 @@ def test_explain_writes_one_overlay_per_readable_image(project, odd_files, capsy
 
 
 def test_registry_and_file_models_agree(project):
-    from_registry = predict.run(["sample/Negative"], CHALLENGER)
-    from_file = predict.run(["sample/Negative"], KERAS_FILE, batch_size=7)
+    from_registry = predict.run(["sample/mendeley/Negative"], CHALLENGER)
+    from_file = predict.run(["sample/mendeley/Negative"], KERAS_FILE, batch_size=7)
     assert from_registry.model == CHALLENGER
     assert probabilities(from_registry).keys() == probabilities(from_file).keys()
     for path, probability in probabilities(from_registry).items():
@@ -155,28 +155,28 @@ def test_registry_and_file_models_agree(project):
 
 def test_default_model_is_the_champion(project, capsys, monkeypatch, tmp_path):
     with pytest.raises(CrackclsError, match=r"no @champion version .*crackcls promote.*--model"):
-        predict.run(["sample/Positive/00047.jpg"])
-    code, out, err = run_cli(capsys, "sample/Positive/00047.jpg")
+        predict.run(["sample/mendeley/Positive/00047.jpg"])
+    code, out, err = run_cli(capsys, "sample/mendeley/Positive/00047.jpg")
     assert code == 2 and err.startswith("error: registered model 'crackcls' has no @champion")
 
     store.configure_uri_only()
     client = store.client()
     client.set_registered_model_alias("crackcls", "champion", "1")
     try:
-        champion = predict.run(["sample/Positive"])
+        champion = predict.run(["sample/mendeley/Positive"])
         assert champion.model == "models:/crackcls@champion"
-        assert probabilities(champion) == pytest.approx(probabilities(predict.run(["sample/Positive"], CHALLENGER)), abs=1e-5)
+        assert probabilities(champion) == pytest.approx(probabilities(predict.run(["sample/mendeley/Positive"], CHALLENGER)), abs=1e-5)
 
         # Outside a project (no params.yaml), the default name "crackcls" and threshold 0.5 apply.
         elsewhere = tmp_path / "elsewhere"
         elsewhere.mkdir()
-        image = shutil.copy(project / "sample/Positive/00047.jpg", elsewhere / "x.jpg")
+        image = shutil.copy(project / "sample/mendeley/Positive/00047.jpg", elsewhere / "x.jpg")
         monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{project / 'mlflow.db'}")
         monkeypatch.chdir(elsewhere)
         outside = predict.run(["x.jpg"])
         assert outside.model == "models:/crackcls@champion" and outside.predictions[0].threshold == 0.5
         assert outside.predictions[0].crack_probability == pytest.approx(
-            probabilities(champion)["sample/Positive/00047.jpg"], abs=1e-5
+            probabilities(champion)["sample/mendeley/Positive/00047.jpg"], abs=1e-5
         )
         assert Path(image).exists()
     finally:

@@ -85,7 +85,7 @@ def test_keras_training_drives_a_batch_bar_per_epoch(monkeypatch):
     assert "0/3 [" in shown  # a bar of three batches per epoch
 
 
-SAMPLE = sorted((REPO_ROOT / "sample" / "Positive").glob("*.jpg"))[:5] + sorted((REPO_ROOT / "sample" / "Negative").glob("*.jpg"))[:5]
+SAMPLE = sorted((REPO_ROOT / "sample" / "mendeley" / "Positive").glob("*.jpg"))[:5] + sorted((REPO_ROOT / "sample" / "mendeley" / "Negative").glob("*.jpg"))[:5]
 
 
 @pytest.fixture(scope="module")

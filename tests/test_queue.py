@@ -31,7 +31,7 @@ QUEUE_TIMEOUT_S = 600
 POLL_S = 5
 
 TINY = {
-    "data": {"source": "sample", "max_per_class": 40},
+    "data": {"sources": ["sample"], "max_per_class": 40},
     "model": {"backbone": "mobilenet_v2", "weights": "none", "image_size": 48},
     "train": {"epochs": 2, "patience": 1, "batch_size": 16, "cache_views": 2},
 }

@@ -37,7 +37,7 @@ def train_patch_model(target: Path) -> Path:
 
     arrays, labels = [], []
     for label, name in enumerate(("Negative", "Positive")):
-        batch, _ = load_batch(sorted((REPO_ROOT / "sample" / name).glob("*.jpg")), MODEL_SIZE, SkipReport())
+        batch, _ = load_batch(sorted((REPO_ROOT / "sample" / "mendeley" / name).glob("*.jpg")), MODEL_SIZE, SkipReport())
         arrays.append(batch)
         labels += [label] * len(batch)
     keras.utils.set_random_seed(0)
@@ -363,7 +363,7 @@ def test_predict_flags_whole_photos_and_points_to_scan(patch_model, mosaics, tmp
     from crackcls.jobs import predict
 
     monkeypatch.chdir(tmp_path)
-    patch = REPO_ROOT / "sample" / "Positive" / sorted(p.name for p in (REPO_ROOT / "sample" / "Positive").glob("*.jpg"))[0]
+    patch = REPO_ROOT / "sample" / "mendeley" / "Positive" / sorted(p.name for p in (REPO_ROOT / "sample" / "mendeley" / "Positive").glob("*.jpg"))[0]
     result = predict.run([str(mosaics["root"] / "Positive" / "crack0.png"), str(patch)], str(patch_model))
     warnings = {Path(p.path).name: p.warning for p in result.predictions}
     assert warnings[patch.name] is None

@@ -30,12 +30,12 @@ MODEL_URI = "models:/crackcls@challenger"
 # The command the README shows, verbatim but for the port.
 CURL = (
     "curl -s http://127.0.0.1:PORT/invocations -H 'Content-Type: application/json' "
-    r'-d "{\"dataframe_records\": [{\"image\": \"$(base64 -w0 sample/Positive/00047.jpg)\"}]}"'
+    r'-d "{\"dataframe_records\": [{\"image\": \"$(base64 -w0 sample/mendeley/Positive/00047.jpg)\"}]}"'
 )
 STARTUP_TIMEOUT_S = 120
 IMAGES = [
-    *sorted((REPO_ROOT / "sample" / "Positive").glob("*.jpg"))[:3],
-    *sorted((REPO_ROOT / "sample" / "Negative").glob("*.jpg"))[:3],
+    *sorted((REPO_ROOT / "sample" / "mendeley" / "Positive").glob("*.jpg"))[:3],
+    *sorted((REPO_ROOT / "sample" / "mendeley" / "Negative").glob("*.jpg"))[:3],
 ]
 
 
@@ -152,7 +152,7 @@ def test_a_whole_photo_is_scanned_when_the_request_asks(project, server, monkeyp
     from crackcls.photos.scan import ScanSettings
 
     photo = tmp_path / "mosaic.jpg"
-    Image.fromarray(build_mosaic(REPO_ROOT / "sample", 3, 4, [(0, 1), (1, 1), (1, 2)], seed=1)).save(photo, quality=95)
+    Image.fromarray(build_mosaic(REPO_ROOT / "sample" / "mendeley", 3, 4, [(0, 1), (1, 1), (1, 2)], seed=1)).save(photo, quality=95)
     payload = {"dataframe_records": [{"image": encode_file(photo)}, {"image": "not base64!"}], "params": {"scan": True}}
     response = invoke(server, payload)
     assert response.status_code == 200, response.text

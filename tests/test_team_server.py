@@ -45,7 +45,7 @@ DB_USER, DB_PASSWORD = "mlflow", "db-password-for-tests"
 ADMIN_PASSWORD = "admin-password-for-tests"
 TRAINER, TRAINER_PASSWORD = "trainer", "trainer-password-for-tests"
 VIEWER, VIEWER_PASSWORD = "viewer", "viewer-password-for-tests"
-IMAGES = [*sorted((REPO_ROOT / "sample" / "Positive").glob("*.jpg"))[:2], *sorted((REPO_ROOT / "sample" / "Negative").glob("*.jpg"))[:2]]
+IMAGES = [*sorted((REPO_ROOT / "sample" / "mendeley" / "Positive").glob("*.jpg"))[:2], *sorted((REPO_ROOT / "sample" / "mendeley" / "Negative").glob("*.jpg"))[:2]]
 
 
 def postgres_bin() -> Path | None:
@@ -186,7 +186,7 @@ def test_the_run_is_on_the_server_with_its_artifacts_proxied(team, monkeypatch):
     assert team.train_info["tracking_uri"] == team.url
     assert run.info.artifact_uri.startswith("mlflow-artifacts:/"), run.info.artifact_uri
     assert run.data.params["model.image_size"] == "48"
-    assert run.data.params["data.source"] == "sample"
+    assert run.data.params["data.sources"] == "mendeley"
     for key in ("loss", "accuracy", "training_time_s", "test_f1", "test_accuracy", "test_roc_auc"):
         assert key in run.data.metrics, key
     assert not (team.project / "mlflow.db").exists() and not (team.project / "mlruns").exists()

@@ -66,11 +66,11 @@ def test_predict_uses_the_stored_threshold_and_reports_familiarity(here):
     from crackcls.jobs import predict
 
     decision = json.loads((here / "models/model.decision.json").read_text())
-    result = predict.run(["sample/Positive"], KERAS_FILE)
+    result = predict.run(["sample/mendeley/Positive"], KERAS_FILE)
     for p in result.predictions:
         assert p.threshold == pytest.approx(decision["threshold"])
         assert p.familiarity is not None and p.familiarity >= 0 and p.unfamiliar is (p.familiarity > 1)
-    overridden = predict.run(["sample/Positive"], KERAS_FILE, threshold=0.5)
+    overridden = predict.run(["sample/mendeley/Positive"], KERAS_FILE, threshold=0.5)
     assert {p.threshold for p in overridden.predictions} == {0.5}
 
 

@@ -36,7 +36,7 @@ def _stage(args: argparse.Namespace) -> int:
 
 def _evaluate(args: argparse.Namespace) -> int:
     from crackcls.jobs import evaluate
-    from crackcls.model.evaluation import metrics_text
+    from crackcls.model.evaluation import metrics_text, sources_text
 
     if args.tile_truth and not args.scan:
         raise CrackclsError("--tile-truth needs --scan")
@@ -47,6 +47,8 @@ def _evaluate(args: argparse.Namespace) -> int:
     else:
         outcome = evaluate.run(args.model, args.data, args.out)
     print(metrics_text(f"{args.model} on {args.data or 'the test split'}", outcome["result"].metrics))
+    if table := sources_text(outcome["result"].by_source):
+        print(table)
     for key, value in outcome.get("tile_metrics", {}).items():
         print(f"  {key:<20} {value:.4f}" if isinstance(value, float) else f"  {key:<20} {value}")
     skipped = outcome["result"].skipped.count
@@ -72,6 +74,8 @@ def _promote(args: argparse.Namespace) -> int:
             f"disagreements: {paired.challenger_only} only the challenger gets right, "
             f"{paired.champion_only} only the champion; exact McNemar p={paired.p_value:.4g}"
         )
+    if outcome.sources:
+        print("\n".join(promote.source_rows(outcome.sources, outcome.metric, outcome.max_p_value)))
     print(("PROMOTED: " if outcome.decision.promote else "REFUSED: ") + outcome.decision.reason)
     already = outcome.champion_version == outcome.challenger_version
     return 0 if outcome.decision.promote or already else 1

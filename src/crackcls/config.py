@@ -94,6 +94,8 @@ def _describe(error: dict[str, Any], source: str) -> str:
     if kind == "extra_forbidden":
         return f"{source}: {key}: unknown key (check the spelling against params.yaml and docs/pipeline.md)"
     message = error["msg"].removeprefix("Value error, ")
+    if isinstance(error["input"], dict):  # a whole section: the message names what is wrong in it
+        return f"{source}: {key}: {message}"
     return f"{source}: {key}: {message} (got {error['input']!r})"
 
 

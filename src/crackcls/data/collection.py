@@ -1,17 +1,20 @@
-"""Every usable image of the fetched data and the field images: checked, hashed and labelled by its folder."""
+"""Every usable image of the fetched sources and the field images: checked, hashed, labelled by its folder, tagged with its source and parent photo."""
 
 from __future__ import annotations
 
 import itertools
 import os
+import re
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from tqdm import tqdm
 
 from crackcls.data.download import sha256_file
-from crackcls.data.images import SkipReport, iter_images, probe
+from crackcls.data.images import SkipReport, dataset_folders, iter_images, probe
+from crackcls.data.settings import SourceConfig
 from crackcls.data.splitting import Item
 from crackcls.util import paths
 from crackcls.util.errors import CrackclsError
@@ -71,29 +74,59 @@ def hash_all(files: list[Path], workers: int = HASH_WORKERS) -> list[tuple[str |
     return results  # type: ignore[return-value]
 
 
-def collect(roots: list[Path], workspace: Path, skips: SkipReport) -> list[Item]:
-    """Hash every usable image under each root's Positive/ and Negative/ folders."""
-    candidates: list[tuple[Path, int]] = []
-    for root in roots:
+@dataclass(frozen=True)
+class SourceFolder:
+    """A folder holding Positive/ and Negative/, the source its images count under, and how to read their parents."""
+
+    root: Path
+    source: str
+    parents: re.Pattern[str] | None = None
+    max_per_class: int | None = None
+
+
+def parent_of(path: Path, parents: re.Pattern[str] | None) -> str:
+    """The parent photo named by ``path``'s file name, or "" (no pattern, or a name it does not match)."""
+    if parents is None:
+        return ""
+    match = parents.match(path.stem)
+    return match.group("parent") if match else ""
+
+
+def collect(folders: list[SourceFolder], workspace: Path, skips: SkipReport) -> list[Item]:
+    """Hash every usable image under each folder's Positive/ and Negative/."""
+    candidates: list[tuple[Path, int, SourceFolder]] = []
+    for folder in folders:
         for label, name in enumerate(paths.LABELS):
-            candidates.extend((p, label) for p in iter_images(root / name))
-    results = hash_all([path for path, _ in candidates])
+            candidates.extend((p, label, folder) for p in iter_images(folder.root / name))
+    results = hash_all([path for path, _, _ in candidates])
     items: list[Item] = []
-    for (path, label), (digest, reason) in zip(candidates, results):
+    for (path, label, folder), (digest, reason) in zip(candidates, results):
         rel = Path(os.path.relpath(path, workspace)).as_posix()
         if reason:
             skips.add(rel, reason)
         else:
-            items.append(Item(rel, label, digest))  # type: ignore[arg-type]
+            items.append(Item(rel, label, digest, folder.source, parent_of(path, folder.parents)))  # type: ignore[arg-type]
     return items
 
 
-def source_roots(workspace: Path) -> list[Path]:
+FIELD_SOURCE = "field"
+
+
+def source_folders(sources: list[SourceConfig], workspace: Path) -> list[SourceFolder]:
+    """Where each configured source landed in data/raw, one entry per sub-source, plus the field images."""
     raw = workspace / paths.RAW_DIR
-    if not all((raw / name).is_dir() for name in paths.LABELS):
-        raise CrackclsError(f"{raw} lacks Positive/ and Negative/; run `dvc repro fetch` first")
-    roots = [raw]
+    folders: list[SourceFolder] = []
+    for source in sources:
+        root = raw / source.name
+        subsets = dataset_folders(root)
+        if not subsets and not all((root / name).is_dir() for name in paths.LABELS):
+            raise CrackclsError(f"{root} lacks Positive/ and Negative/; run `dvc repro fetch` first")
+        for name, folder in subsets.items() or [(source.name, root)]:
+            folders.append(SourceFolder(folder, name, source.parents, source.max_per_class))
     field_dir = workspace / paths.FIELD_DIR
     if any((field_dir / name).is_dir() and any(iter_images(field_dir / name)) for name in paths.LABELS):
-        roots.append(field_dir)
-    return roots
+        folders.append(SourceFolder(field_dir, FIELD_SOURCE))
+    names = [folder.source for folder in folders]
+    if twice := sorted({n for n in names if names.count(n) > 1}):
+        raise CrackclsError(f"two sources hold a sub-folder named {', '.join(twice)}; rename one so their metrics stay apart")
+    return folders

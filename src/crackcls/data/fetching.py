@@ -1,7 +1,7 @@
-"""Putting a dataset into ``data/raw/{Positive,Negative}``: the verified Mendeley download, or a copy of a folder.
+"""Putting a source into ``data/raw/<source>``: the verified Mendeley download, or a copy of a folder.
 
-``data/raw`` is swapped in whole, so a failed fetch (network, checksum, decompression
-bomb, full disk) leaves the previous data exactly as it was.
+Each source's folder is swapped in whole, so a failed fetch (network, checksum,
+decompression bomb, full disk) leaves its previous data exactly as it was.
 """
 
 from __future__ import annotations
@@ -18,8 +18,8 @@ from crackcls.data.archive import (
     libarchive_version,
 )
 from crackcls.data.download import DownloadError, download, sha256_file
-from crackcls.data.images import iter_images, layout_problem
-from crackcls.data.settings import DownloadConfig
+from crackcls.data.images import dataset_folders, iter_images, layout_problem
+from crackcls.data.settings import DownloadConfig, folder_problem
 from crackcls.util import atomic, paths
 from crackcls.util.errors import CrackclsError
 
@@ -41,10 +41,11 @@ SCRATCH_NAME = ".extract"
 
 def advice(dl: DownloadConfig) -> str:
     """What to do when the network route fails; names the manual path verbatim."""
-    mirror = "" if dl.mirror_url else " or set data.download.mirror_url to a mirror of the whole-dataset zip;"
+    mendeley = dl.mendeley
+    mirror = "" if mendeley.mirror_url else " or set data.download.mendeley.mirror_url to a mirror of the whole-dataset zip;"
     return (
-        f"To fix:{mirror} download {dl.url} in a browser and save it as {MANUAL_PATH.as_posix()} "
-        f"(sha256 {dl.sha256}), then rerun (that file is used with no network); "
+        f"To fix:{mirror} download {mendeley.url} in a browser and save it as {MANUAL_PATH.as_posix()} "
+        f"(sha256 {mendeley.sha256}), then rerun (that file is used with no network); "
         "or run `make demo` to use the bundled offline sample."
     )
 
@@ -68,7 +69,12 @@ def validate_layout(folder: Path) -> None:
 
 
 def class_stats(root: Path) -> dict:
-    """Images per class and total bytes of what landed in data/raw."""
+    """Images per class and total bytes of what landed in a source's folder; per sub-source when it has them."""
+    subsets = dataset_folders(root)
+    if subsets:
+        parts = {name: class_stats(folder) for name, folder in subsets.items()}
+        files = {label: sum(part["files"][label] for part in parts.values()) for label in paths.LABELS}
+        return {"files": files, "bytes": sum(part["bytes"] for part in parts.values()), "subsets": parts}
     files: dict[str, int] = {}
     size = 0
     for label in paths.LABELS:
@@ -79,12 +85,17 @@ def class_stats(root: Path) -> dict:
 
 
 def copy_dataset(folder: Path, raw: Path) -> None:
-    """Swap a copy of ``folder``'s Positive/ and Negative/ images in as ``raw``."""
-    validate_layout(folder)
+    """Swap a copy of ``folder``'s Positive/ and Negative/ images (or of each sub-folder's) in as ``raw``."""
+    if problem := folder_problem(folder):
+        raise CrackclsError(problem)
+    subsets = dataset_folders(folder) or {"": folder}
     try:
         with atomic.atomic_dir(raw) as staging:
-            for label in paths.LABELS:
-                shutil.copytree(folder / label, staging / label, copy_function=_link_or_copy, ignore=_ignore_non_images)
+            for name, subset in subsets.items():
+                for label in paths.LABELS:
+                    shutil.copytree(
+                        subset / label, staging / name / label, copy_function=_link_or_copy, ignore=_ignore_non_images
+                    )
     except OSError as exc:
         raise CrackclsError(f"could not copy {folder} into {raw}: {exc}") from None
 
@@ -116,23 +127,24 @@ def _verified_but_unreadable(archive: Path, exc: ArchiveReadError) -> CrackclsEr
     return ArchiveError(
         f"{exc}\nBut {archive.name} matches its published sha256, so the file is intact and the local "
         f"libarchive ({libarchive_version()}) failed to decode it (older releases have RAR4 decoding bugs). "
-        "Upgrade libarchive, or extract the RAR with another tool into a folder and set data.source "
-        "to that folder."
+        "Upgrade libarchive, or extract the RAR with another tool into a folder and list that folder "
+        "in data.sources."
     )
 
 
 def _fetch_mirror(dl: DownloadConfig, downloads: Path, raw: Path, primary: DownloadError) -> ExtractReport:
     """The whole-dataset zip: unverified itself, so the RAR inside it is checked against data.download.sha256."""
-    assert dl.mirror_url
-    print(f"fetch: the primary download failed; trying the mirror {dl.mirror_url}")
+    mirror_url = dl.mendeley.mirror_url
+    assert mirror_url
+    print(f"fetch: the primary download failed; trying the mirror {mirror_url}")
     try:
-        mirror = _download(dl.mirror_url, downloads / MIRROR_NAME, dl, sha256=None, size=None, hint="")
+        mirror = _download(mirror_url, downloads / MIRROR_NAME, dl, sha256=None, size=None, hint="")
     except DownloadError as second:
         raise DownloadError(
-            f"{primary}\nThe mirror failed too: {second}", url=dl.url, status=primary.status, kind=primary.kind
+            f"{primary}\nThe mirror failed too: {second}", url=dl.mendeley.url, status=primary.status, kind=primary.kind
         ) from None
     try:
-        return install_archive(mirror, raw, dl, inner_sha256=dl.sha256)
+        return install_archive(mirror, raw, dl, inner_sha256=dl.mendeley.sha256)
     except ArchiveError:
         mirror.unlink(missing_ok=True)  # unverified and unusable: do not reuse it next time
         raise
@@ -141,16 +153,19 @@ def _fetch_mirror(dl: DownloadConfig, downloads: Path, raw: Path, primary: Downl
 def fetch_mendeley(dl: DownloadConfig, workspace: Path, raw: Path) -> ExtractReport:
     """Download (or reuse) the verified RAR, falling back to the mirror zip, and install it."""
     downloads = workspace / DOWNLOAD_DIR
+    mendeley = dl.mendeley
     # DVC's temporary experiment copies reuse the project's verified archive, read-only,
     # instead of downloading 241 MB again for every queued experiment.
     shared = paths.project_root(workspace) / DOWNLOAD_DIR / ARCHIVE_NAME
     try:
-        if shared != downloads / ARCHIVE_NAME and shared.is_file() and sha256_file(shared) == dl.sha256:
+        if shared != downloads / ARCHIVE_NAME and shared.is_file() and sha256_file(shared) == mendeley.sha256:
             rar = shared
         else:
-            rar = _download(dl.url, downloads / ARCHIVE_NAME, dl, sha256=dl.sha256, size=dl.size, hint=advice(dl))
+            rar = _download(
+                mendeley.url, downloads / ARCHIVE_NAME, dl, sha256=mendeley.sha256, size=mendeley.size, hint=advice(dl)
+            )
     except DownloadError as primary:
-        if not dl.mirror_url or primary.kind == "checksum":
+        if not mendeley.mirror_url or primary.kind == "checksum":
             raise
         return _fetch_mirror(dl, downloads, raw, primary)
     try:

@@ -280,6 +280,17 @@ def layout_problem(folder: Path) -> str | None:
     return None
 
 
+def dataset_folders(folder: Path) -> dict[str, Path]:
+    """A folder of datasets: its sub-folders that hold Positive/ or Negative/, by name; empty when ``folder`` is one."""
+    if any((folder / label).is_dir() for label in LABELS):
+        return {}
+    try:
+        children = sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+    except OSError:
+        return {}
+    return {child.name: child for child in children if any((child / label).is_dir() for label in LABELS)}
+
+
 def iter_images(root: Path) -> Iterator[Path]:
     """Files under ``root`` with an image suffix (any case), recursively, in sorted path order.
 

@@ -1,4 +1,4 @@
-"""Split manifests: ``path,label,sha256`` rows pointing at images rather than copies."""
+"""Split manifests: ``path,label,sha256,source,parent`` rows pointing at images rather than copies."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from crackcls.data.splitting import Item
 from crackcls.util import atomic, paths
 from crackcls.util.errors import CrackclsError
 
-FIELDS = ("path", "label", "sha256")
+FIELDS = ("path", "label", "sha256", "source", "parent")
 SPLITS = ("train", "val", "test")
 
 
@@ -24,7 +24,7 @@ def to_csv(items: list[Item]) -> str:
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(FIELDS)
     for item in items:
-        writer.writerow((item.path, item.label, item.sha256))
+        writer.writerow((item.path, item.label, item.sha256, item.source, item.parent))
     return buffer.getvalue()
 
 
@@ -39,6 +39,8 @@ def read(path: str | os.PathLike[str]) -> list[Item]:
     with path.open(newline="", encoding="utf-8") as handle:
         reader = csv.DictReader(handle)
         if tuple(reader.fieldnames or ()) != FIELDS:
-            raise CrackclsError(f"manifest {path} has columns {reader.fieldnames}, expected {list(FIELDS)}")
-        return [Item(row["path"], int(row["label"]), row["sha256"]) for row in reader]
+            raise CrackclsError(
+                f"manifest {path} has columns {reader.fieldnames}, expected {list(FIELDS)}; rerun `dvc repro split`"
+            )
+        return [Item(row["path"], int(row["label"]), row["sha256"], row["source"], row["parent"]) for row in reader]
 

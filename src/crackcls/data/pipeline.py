@@ -47,8 +47,10 @@ def image_dataset(
     base: Path | None = None,
     keep_flags: bool = False,
     cache: bool = False,
+    weights: Sequence[float] | np.ndarray | None = None,
 ) -> tf.data.Dataset:
-    """Batches of float (image, label) — or (image, ok) with ``keep_flags`` — decoded in parallel.
+    """Batches of float (image, label) — (image, label, weight) with ``weights``, (image, ok) with ``keep_flags`` —
+    decoded in parallel.
 
     Order is deterministic; with ``shuffle_seed`` the order is reshuffled each epoch.
     ``cache`` keeps the decoded images in memory as uint8 (3 bytes a pixel), so epochs
@@ -57,13 +59,16 @@ def image_dataset(
     root = base or paths.workspace_root()
     resolved = [str(paths.resolve(f, root)) for f in files]
     targets = np.asarray(labels if labels is not None else [0] * len(resolved), np.float32)
-    ds = tf.data.Dataset.from_tensor_slices((resolved, targets))
+    per_image = np.asarray(weights if weights is not None else np.ones(len(resolved)), np.float32)
+    ds = tf.data.Dataset.from_tensor_slices((resolved, targets, per_image))
     if shuffle_seed is not None and not cache:
         ds = ds.shuffle(len(resolved), seed=shuffle_seed, reshuffle_each_iteration=True)
     decode = _decoder(size)
-    ds = ds.map(lambda p, y: (*decode(p), y), num_parallel_calls=AUTOTUNE, deterministic=True)
+    ds = ds.map(lambda p, y, w: (*decode(p), y, w), num_parallel_calls=AUTOTUNE, deterministic=True)
     if keep_flags:
         ds = ds.map(_image_and_flag)
+    elif weights is not None:
+        ds = ds.filter(_decoded).map(_image_label_weight)
     else:
         ds = ds.filter(_decoded).map(_image_and_label)
     if cache:
@@ -76,20 +81,24 @@ def image_dataset(
     return ds.map(_as_float).batch(batch_size).prefetch(AUTOTUNE)
 
 
-def _image_and_flag(image: tf.Tensor, ok: tf.Tensor, label: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+def _image_and_flag(image: tf.Tensor, ok: tf.Tensor, label: tf.Tensor, weight: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
     return image, ok
 
 
-def _decoded(image: tf.Tensor, ok: tf.Tensor, label: tf.Tensor) -> tf.Tensor:
+def _decoded(image: tf.Tensor, ok: tf.Tensor, label: tf.Tensor, weight: tf.Tensor) -> tf.Tensor:
     return ok
 
 
-def _image_and_label(image: tf.Tensor, ok: tf.Tensor, label: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+def _image_and_label(image: tf.Tensor, ok: tf.Tensor, label: tf.Tensor, weight: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
     return image, label
 
 
-def _as_float(image: tf.Tensor, second: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-    return tf.cast(image, tf.float32), second
+def _image_label_weight(image: tf.Tensor, ok: tf.Tensor, label: tf.Tensor, weight: tf.Tensor) -> tuple[tf.Tensor, ...]:
+    return image, label, weight
+
+
+def _as_float(image: tf.Tensor, *rest: tf.Tensor) -> tuple[tf.Tensor, ...]:
+    return tf.cast(image, tf.float32), *rest
 
 
 def manifest_dataset(items: Sequence[Item], size: int, batch_size: int, **kwargs) -> tf.data.Dataset:

@@ -1,14 +1,16 @@
-"""Pure split logic: collapse exact duplicates, then a stratified, seeded split.
+"""Pure split logic: collapse exact duplicates, then a seeded split stratified by source and label.
 
-Exact duplicates are collapsed *before* splitting; otherwise copies of one photo
-land in train and test and inflate every test metric (the upstream set holds
-1,598 extra copies).
+Exact duplicates are collapsed *before* splitting, across sources; otherwise copies of
+one photo land in train and test and inflate every test metric (the Mendeley set holds
+1,598 extra copies). Where a source names the parent photo each tile was cut from, all
+tiles of one parent go to the same split: neighbouring tiles look alike, so a split by
+tile would test on near-copies of training images.
 """
 
 from __future__ import annotations
 
 import random
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
@@ -20,6 +22,13 @@ class Item:
     path: str
     label: int
     sha256: str
+    source: str = ""  # the source it counts under in the split and the metrics (e.g. mendeley, decks)
+    parent: str = ""  # the photo it was cut from, where the source names one
+
+    @property
+    def group(self) -> str:
+        """What must stay in one split: the parent photo, or the image itself."""
+        return f"{self.source}/{self.parent}" if self.parent else f"{self.source}//{self.path}"
 
 
 @dataclass
@@ -48,19 +57,102 @@ def collapse_duplicates(items: Iterable[Item]) -> tuple[list[Item], DedupeReport
     return kept, report
 
 
-def cap_per_class(items: list[Item], max_per_class: int | None, seed: int) -> list[Item]:
-    """Subsample each class to at most ``max_per_class`` items, reproducibly."""
-    if max_per_class is None:
-        return items
-    rng = random.Random(seed)
-    by_label: dict[int, list[Item]] = defaultdict(list)
+def by_source(items: Iterable[Item]) -> dict[str, list[Item]]:
+    grouped: dict[str, list[Item]] = defaultdict(list)
     for item in items:
-        by_label[item.label].append(item)
+        grouped[item.source].append(item)
+    return dict(sorted(grouped.items()))
+
+
+def cap_per_class(items: list[Item], max_per_class: int | None, seed: int, caps: dict[str, int] | None = None) -> list[Item]:
+    """Subsample each class of each source to at most its cap, reproducibly, whole parents at a time.
+
+    ``caps`` overrides ``max_per_class`` for the sources it names. A source with parents
+    loses whole parent photos, at random, until the class fits, so a capped set still
+    splits by parent.
+    """
+    caps = caps or {}
+    rng = random.Random(seed)
     capped: list[Item] = []
-    for label in sorted(by_label):
-        group = by_label[label]
-        capped.extend(group if len(group) <= max_per_class else rng.sample(group, max_per_class))
+    for source, members in by_source(items).items():
+        cap = caps.get(source, max_per_class)
+        for label in sorted({it.label for it in members}):
+            group = [it for it in members if it.label == label]
+            capped.extend(group if cap is None or len(group) <= cap else _sample_whole_groups(group, cap, rng))
     return sorted(capped, key=lambda it: it.path)
+
+
+def _sample_whole_groups(items: list[Item], cap: int, rng: random.Random) -> list[Item]:
+    if not any(it.parent for it in items):
+        return rng.sample(items, cap)
+    groups = _groups(items)
+    order = sorted(groups)
+    rng.shuffle(order)
+    kept: list[Item] = []
+    for key in order:
+        if len(kept) + len(groups[key]) <= cap:
+            kept.extend(groups[key])
+    return kept
+
+
+def _groups(items: Iterable[Item]) -> dict[str, list[Item]]:
+    groups: dict[str, list[Item]] = defaultdict(list)
+    for item in items:
+        groups[item.group].append(item)
+    return groups
+
+
+SPLIT_NAMES = ("train", "val", "test")
+
+
+def split_by_source(items: list[Item], train: float, val: float, test: float, seed: int) -> dict[str, list[Item]]:
+    """Each source split on its own, so every source has its share of train, val and test.
+
+    A source whose images name their parent photo is split by parent
+    (:func:`grouped_split`); the others image by image (:func:`stratified_split`).
+    """
+    parts: dict[str, list[Item]] = {name: [] for name in SPLIT_NAMES}
+    for members in by_source(items).values():
+        # sklearn cannot stratify a class of one or two images; whole groups of one image each can
+        too_few = min(sum(1 for it in members if it.label == label) for label in (0, 1)) < 3
+        if too_few or any(it.parent for it in members):
+            split = grouped_split(members, train, val, test, seed)
+        else:
+            split = stratified_split(members, train, val, test, seed)
+        for name in SPLIT_NAMES:
+            parts[name].extend(split[name])
+    return {name: sorted(part, key=lambda it: it.path) for name, part in parts.items()}
+
+
+def grouped_split(items: list[Item], train: float, val: float, test: float, seed: int) -> dict[str, list[Item]]:
+    """Whole groups (parent photos) to train/val/test, near the ratios and each class's share.
+
+    Groups are visited largest first (ties in a seeded random order), and each goes to the
+    split furthest below its target, counted per class: the greedy rule of iterative
+    stratification, which keeps both the sizes and the class balance close on a few
+    dozen parents, where a random assignment of groups would not.
+    """
+    rng = random.Random(seed)
+    groups = _groups(sorted(items, key=lambda it: it.path))
+    keys = sorted(groups)
+    rng.shuffle(keys)
+    keys.sort(key=lambda k: len(groups[k]), reverse=True)  # stable: the shuffle breaks ties
+    ratios = dict(zip(SPLIT_NAMES, (train, val, test)))
+    totals = {label: sum(1 for it in items if it.label == label) for label in (0, 1)}
+    filled = {name: {0: 0, 1: 0} for name in SPLIT_NAMES}
+    parts: dict[str, list[Item]] = {name: [] for name in SPLIT_NAMES}
+    for key in keys:
+        members = groups[key]
+        counts = {label: sum(1 for it in members if it.label == label) for label in (0, 1)}
+
+        def deficit(name: str) -> float:
+            return sum(ratios[name] * totals[lab] - filled[name][lab] for lab in (0, 1) if counts[lab])
+
+        target = max((n for n in SPLIT_NAMES if ratios[n] > 0), key=lambda n: (deficit(n), ratios[n]))
+        parts[target].extend(members)
+        for label in (0, 1):
+            filled[target][label] += counts[label]
+    return {name: sorted(part, key=lambda it: it.path) for name, part in parts.items()}
 
 
 def stratified_split(
@@ -88,3 +180,23 @@ def stratified_split(
         "val": sorted(val_items, key=lambda it: it.path),
         "test": sorted(test_items, key=lambda it: it.path),
     }
+
+
+def split_counts(parts: dict[str, list[Item]]) -> dict:
+    """Images per split and class, overall and per source, and each source's parent photos: the split report."""
+
+    def counts(items: list[Item]) -> dict[str, int]:
+        labels = Counter(it.label for it in items)
+        return {"total": len(items), "negative": labels.get(0, 0), "positive": labels.get(1, 0)}
+
+    report: dict = {name: counts(part) for name, part in parts.items()}
+    everything = [it for part in parts.values() for it in part]
+    report["sources"] = {}
+    for source, members in by_source(everything).items():
+        entry: dict = {"total": len(members)}
+        for name, part in parts.items():
+            entry[name] = counts([it for it in part if it.source == source])
+        if parents := {it.parent for it in members if it.parent}:
+            entry["parents"] = len(parents)
+        report["sources"][source] = entry
+    return report

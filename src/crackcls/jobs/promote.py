@@ -4,7 +4,9 @@ Both versions are scored on the same current test split, each at its own stored
 threshold, so the comparison is like for like even when the champion was trained on
 an older split. The rule is :func:`crackcls.trust.promotion.decide`: better on
 ``registry.promote_metric`` by ``registry.min_improvement``, and an exact McNemar test
-on the images the two disagree about gives p < ``registry.max_p_value``.
+on the images the two disagree about gives p < ``registry.max_p_value``; then
+:func:`crackcls.trust.promotion.with_source_checks`: on no source of the test split is
+the challenger worse with p < ``registry.max_p_value``.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from crackcls.tracking import store
 from crackcls.tracking.registry import load_model
 from crackcls.trust import companions
 from crackcls.trust.intervals import format_interval
-from crackcls.trust.promotion import Decision, McNemar, decide, mcnemar
+from crackcls.trust.promotion import Decision, McNemar, SourceCheck, decide, mcnemar, with_source_checks
 from crackcls.util import paths
 from crackcls.util.errors import CrackclsError
 
@@ -40,11 +42,13 @@ class Outcome:
     challenger_metrics: dict | None = None
     champion_metrics: dict | None = None
     paired: McNemar | None = None
+    sources: list[SourceCheck] | None = None
+    max_p_value: float = 1.0
 
 
-def paired_test(challenger: Evaluation, champion: Evaluation) -> McNemar:
-    """McNemar on the images both models could read (the same files, so normally all)."""
-    common = sorted(set(challenger.paths) & set(champion.paths))
+def paired_test(challenger: Evaluation, champion: Evaluation, only: set[str] | None = None) -> McNemar:
+    """McNemar on the images both models could read (the same files, so normally all), or those in ``only``."""
+    common = sorted((set(challenger.paths) & set(champion.paths)) & (only if only is not None else set(challenger.paths)))
     if not common:
         raise CrackclsError("the two models share no scored test image: cannot compare them")
 
@@ -54,6 +58,33 @@ def paired_test(challenger: Evaluation, champion: Evaluation) -> McNemar:
         return result.correct[rows]
 
     return mcnemar(correct(challenger), correct(champion))
+
+
+def source_checks(challenger: Evaluation, champion: Evaluation, metric: str) -> list[SourceCheck]:
+    """The paired test and the promote metric of each model, source by source of the test split."""
+    checks = []
+    for source in challenger.by_source:
+        only = {p for p, s in zip(challenger.paths, challenger.sources) if s == source}
+        champion_metric = champion.by_source.get(source, {}).get(metric, float("nan"))
+        checks.append(
+            SourceCheck(
+                source, len(only), challenger.by_source[source][metric], champion_metric,
+                paired_test(challenger, champion, only),
+            )
+        )  # fmt: skip
+    return checks
+
+
+def source_rows(checks: list[SourceCheck], metric: str, max_p_value: float) -> list[str]:
+    """One printed row per source: both models' metric, the disagreements, p and the verdict."""
+    rows = [f"{'source':<12} {'n':>6}  {'challenger':>10}  {'champion':>9}  {'only chal.':>10}  {'only champ.':>11}  {'p':>8}"]
+    for c in checks:
+        verdict = "WORSE" if c.significantly_worse(max_p_value) and max_p_value < 1 else "ok"
+        rows.append(
+            f"{c.source:<12} {c.n:>6}  {c.challenger:>10.4f}  {c.champion:>9.4f}  {c.paired.challenger_only:>10}  "
+            f"{c.paired.champion_only:>11}  {c.paired.p_value:>8.4g}  {verdict}"
+        )
+    return [f"per source ({metric}, paired test on each source's images):", *rows]
 
 
 def describe(metrics: dict | None) -> str:
@@ -100,6 +131,8 @@ def run(version: str | None = None) -> Outcome:
         paired,
         config.registry.max_p_value,
     )
+    checks = source_checks(challenger_result, champion_result, metric) if champion_result is not None else []
+    decision = with_source_checks(decision, checks, config.registry.max_p_value, metric)
 
     tags = {
         "promotion_decision": "promoted" if decision.promote else "refused",
@@ -119,6 +152,11 @@ def run(version: str | None = None) -> Outcome:
                 "promotion_mcnemar_p": f"{paired.p_value:.4g}",
             }
         )
+    for check in checks:
+        tags[f"promotion_source_{check.source}"] = (
+            f"{metric} {check.challenger:.4f} vs {check.champion:.4f}; only challenger right {check.paired.challenger_only}, "
+            f"only champion right {check.paired.champion_only}; McNemar p={check.paired.p_value:.4g}"
+        )
     for key, value in tags.items():
         client.set_model_version_tag(name, challenger.version, key, value[:5000])
     if decision.promote:
@@ -133,4 +171,6 @@ def run(version: str | None = None) -> Outcome:
         challenger_result.metrics,
         champion_result.metrics if champion_result else None,
         paired,
+        checks,
+        config.registry.max_p_value,
     )

@@ -37,6 +37,8 @@ class Evaluation:
     threshold: float
     skipped: SkipReport = field(default_factory=SkipReport)
     familiarity: np.ndarray | None = None  # per kept image; None when the model has no density
+    sources: list[str] = field(default_factory=list)  # per kept image, where the items name one
+    by_source: dict[str, dict[str, float]] = field(default_factory=dict)  # each source's metrics and intervals
 
     @property
     def correct(self) -> np.ndarray:
@@ -64,7 +66,25 @@ def evaluate_items(
     metrics = classification_metrics(y_true, y_prob, threshold)
     metrics.update(intervals.metric_intervals(y_true, y_prob, metrics, threshold))
     familiar = None if scores.familiarity is None else scores.familiarity[ok]
-    return Evaluation(metrics, [it.path for it in kept], y_true, y_prob, threshold, skipped, familiar)
+    sources = [it.source for it in kept] if any(it.source for it in kept) else []
+    result = Evaluation(metrics, [it.path for it in kept], y_true, y_prob, threshold, skipped, familiar, sources)
+    result.by_source = source_metrics(result)
+    return result
+
+
+def source_metrics(result: Evaluation) -> dict[str, dict[str, float]]:
+    """Every metric with its interval for each source, from the same predictions as the overall figures."""
+    if not result.sources:
+        return {}
+    names = np.asarray(result.sources)
+    found: dict[str, dict[str, float]] = {}
+    for name in sorted(set(result.sources)):
+        mask = names == name
+        y_true, y_prob = result.y_true[mask], result.y_prob[mask]
+        metrics = classification_metrics(y_true, y_prob, result.threshold)
+        metrics.update(intervals.metric_intervals(y_true, y_prob, metrics, result.threshold))
+        found[name] = metrics
+    return found
 
 
 def labelled_folder(folder: Path) -> list[Item]:
@@ -93,10 +113,14 @@ REPORT_FILES = {
 }
 
 
+SOURCES_DIR = "sources"  # per-source confusion matrices, beside the reports
+
+
 def write_reports(result: Evaluation, out_dir: Path, extra: dict | None = None) -> dict[str, Path]:
     """Metrics JSON, per-image predictions (DVC confusion template), ROC/PR CSVs and PNGs."""
     out = {key: out_dir / name for key, name in REPORT_FILES.items()}
-    atomic.write_json(out["metrics"], {**json_safe(result.metrics), **(extra or {})})
+    per_source = {name: json_safe(values) for name, values in result.by_source.items()}
+    atomic.write_json(out["metrics"], {**json_safe(result.metrics), **({"sources": per_source} if per_source else {}), **(extra or {})})
     y_pred = (result.y_prob >= result.threshold).astype(int)
     predictions = [
         {
@@ -108,6 +132,10 @@ def write_reports(result: Evaluation, out_dir: Path, extra: dict | None = None) 
         for p, t, y, prob in zip(result.paths, result.y_true, y_pred, result.y_prob)
     ]
     columns = ["path", "actual", "predicted", "crack_probability"]
+    if result.sources:
+        columns.insert(1, "source")
+        for row, source in zip(predictions, result.sources):
+            row["source"] = source
     if result.familiarity is not None:
         columns.append("familiarity")
         for row, score in zip(predictions, result.familiarity):
@@ -124,7 +152,23 @@ def write_reports(result: Evaluation, out_dir: Path, extra: dict | None = None) 
     else:
         out.pop("curves_png")
     atomic.write_json(out["skipped"], result.skipped.as_dict())
+    out.update(write_source_confusions(result, out_dir / SOURCES_DIR))
     return out
+
+
+def write_source_confusions(result: Evaluation, folder: Path) -> dict[str, Path]:
+    """One confusion-matrix PNG per source; the folder is replaced whole, so no stale source lingers."""
+    if not result.sources:
+        return {}
+    names = np.asarray(result.sources)
+    y_pred = (result.y_prob >= result.threshold).astype(int)
+    written: dict[str, Path] = {}
+    with atomic.atomic_dir(folder) as staging:
+        for name in result.by_source:
+            mask = names == name
+            plots.confusion_matrix(result.y_true[mask], y_pred[mask], staging / f"{name}_confusion.png", title=name)
+            written[f"confusion_{name}"] = folder / f"{name}_confusion.png"
+    return written
 
 
 GALLERY_FILE = "error_gallery.png"
@@ -180,7 +224,10 @@ def summary(result: Evaluation) -> dict:
 
 def metrics_text(title: str, metrics: dict[str, float]) -> str:
     """The metrics with their 95% intervals, then calibration and familiarity figures when present."""
-    keys = ("accuracy", "precision", "recall", "f1", "roc_auc", "loss", "tp", "fp", "tn", "fn", "n", "threshold")
+    keys = (
+        "accuracy", "balanced_accuracy", "precision", "recall", "f1", "roc_auc", "loss", "tp", "fp", "tn", "fn", "n",
+        "threshold",
+    )
     optional = ("target_recall", "temperature", "ece_uncalibrated", "ece", *FAMILIARITY_KEYS)
     lines = [title]
     for key in (*keys, *(k for k in optional if metrics.get(k) is not None)):
@@ -188,4 +235,24 @@ def metrics_text(title: str, metrics: dict[str, float]) -> str:
         text = f"{value:.4f}" if isinstance(value, float) else str(value)
         interval = intervals.format_interval(metrics, key)
         lines.append(f"  {key:<19} {text}" + (f"  95% CI {interval}" if interval else ""))
+    return "\n".join(lines)
+
+
+SOURCE_COLUMNS = ("accuracy", "balanced_accuracy", "recall", "precision", "roc_auc")
+
+
+def sources_text(by_source: dict[str, dict[str, float]]) -> str:
+    """One row per source: n and each headline metric with its 95% interval."""
+    if not by_source:
+        return ""
+    header = f"  {'source':<12} {'n':>6}  " + "  ".join(f"{key:<25}" for key in SOURCE_COLUMNS)
+    lines = ["per source (95% intervals)", header.rstrip()]
+    for name, metrics in by_source.items():
+        cells = []
+        for key in SOURCE_COLUMNS:
+            value = metrics.get(key)
+            text = "n/a" if value is None or (isinstance(value, float) and np.isnan(value)) else f"{value:.3f}"
+            interval = intervals.format_interval(metrics, key)
+            cells.append(f"{text} {interval}".strip().ljust(25))
+        lines.append(f"  {name:<12} {metrics['n']:>6}  " + "  ".join(cells).rstrip())
     return "\n".join(lines)

@@ -126,19 +126,24 @@ def load(cache_dir: Path, split: str, expected: CacheKey) -> FeatureSet:
         return FeatureSet(data["features"], data["labels"], data["kept"])
 
 
-def head_dataset(feature_set: FeatureSet, batch_size: int, seed: int, shuffle: bool) -> tf.data.Dataset:
-    """(features, label) batches; each pass draws one cached view per image."""
+def head_dataset(
+    feature_set: FeatureSet, batch_size: int, seed: int, shuffle: bool, weights: np.ndarray | None = None
+) -> tf.data.Dataset:
+    """(features, label) batches, or (features, label, weight); each pass draws one cached view per image."""
     views = feature_set.features.shape[1]
+    per_image = weights if weights is not None else np.ones(len(feature_set.labels), np.float32)
     with quiet.filtered_stderr():  # the first float16 tensor makes oneDNN log a harmless "E0000" line
-        ds = tf.data.Dataset.from_tensor_slices((feature_set.features, feature_set.labels))
+        ds = tf.data.Dataset.from_tensor_slices((feature_set.features, feature_set.labels, per_image))
     if shuffle:
         ds = ds.shuffle(len(feature_set.labels), seed=seed, reshuffle_each_iteration=True)
         ds = ds.map(
-            lambda f, y: (tf.cast(tf.gather(f, tf.random.uniform((), 0, views, tf.int32, seed=seed)), tf.float32), y),
+            lambda f, y, w: (tf.cast(tf.gather(f, tf.random.uniform((), 0, views, tf.int32, seed=seed)), tf.float32), y, w),
             num_parallel_calls=tf.data.AUTOTUNE,
         )
     else:
-        ds = ds.map(lambda f, y: (tf.cast(f[0], tf.float32), y))
+        ds = ds.map(lambda f, y, w: (tf.cast(f[0], tf.float32), y, w))
+    if weights is None:
+        ds = ds.map(lambda f, y, w: (f, y))
     return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
 
 

@@ -11,6 +11,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
+from crackcls.data.balance import Balance
 from crackcls.util import paths
 from crackcls.util.schema import Section
 
@@ -85,4 +86,6 @@ class TrainConfig(Section):
     feature_cache: bool = True
     cache_views: int = Field(default=1, ge=1, le=64, description="views cached per image (1 = the plain image)")
     scratch: ScratchConfig = ScratchConfig()
+    # weights per image so that no source or class drowns the others (crackcls.data.balance)
+    balance: Balance = "source_class"
     seed: int = 42

@@ -24,6 +24,7 @@ import keras
 import tensorflow as tf
 
 from crackcls.data import manifest
+from crackcls.data.balance import balance_weights
 from crackcls.data.pipeline import manifest_dataset
 from crackcls.model import features, runtime
 from crackcls.model.build import (
@@ -105,7 +106,7 @@ def fit(model: ModelConfig, train: TrainConfig, workspace: Path, on_epoch: Epoch
         phases = [("scratch", _fit_on_images(crack, model, train, items, workspace, callbacks, 0, train.epochs, scratch=True))]
         metrics["batchnorm_recalibration_images"] = recalibrate_batchnorm(crack, model, train, items[0], workspace)
     elif train.feature_cache:
-        phases = [("frozen", _fit_head_on_cache(crack, model, train, workspace, callbacks))]
+        phases = [("frozen", _fit_head_on_cache(crack, model, train, workspace, callbacks, items[0]))]
     else:
         phases = [("frozen", _fit_on_images(crack, model, train, items, workspace, callbacks, 0, train.epochs, train.learning_rate))]
     frozen_epochs = len(phases[0][1]["loss"])
@@ -140,7 +141,7 @@ def _callbacks(patience: int, has_val: bool, on_epoch: EpochHook | None) -> list
 
 
 def _fit_head_on_cache(
-    crack: CrackModel, model: ModelConfig, train: TrainConfig, workspace: Path, callbacks: list
+    crack: CrackModel, model: ModelConfig, train: TrainConfig, workspace: Path, callbacks: list, train_items: list
 ) -> dict[str, list[float]]:
     cache = features.cache_dir(workspace)
     key = features.cache_key(model, train, workspace / paths.SPLIT_DIR)
@@ -148,8 +149,10 @@ def _fit_head_on_cache(
     val_set = features.load(cache, "val", key)
     compile_binary(crack.head, train.learning_rate)
     has_val = len(val_set.labels) > 0
+    decoded = [item for item, ok in zip(train_items, train_set.kept) if ok]
+    weights = balance_weights(decoded, train.balance)
     return crack.head.fit(
-        features.head_dataset(train_set, train.batch_size, train.seed, shuffle=True),
+        features.head_dataset(train_set, train.batch_size, train.seed, shuffle=True, weights=weights),
         validation_data=features.head_dataset(val_set, train.batch_size, train.seed, shuffle=False) if has_val else None,
         epochs=train.epochs,
         callbacks=callbacks,
@@ -183,8 +186,9 @@ def _fit_on_images(
         compile_binary(crack.model, schedule, recipe.weight_decay, recipe.label_smoothing)
     else:
         compile_binary(crack.model, learning_rate)
+    weights = balance_weights(train_items, train.balance)
     return crack.model.fit(
-        manifest_dataset(train_items, size, batch, shuffle_seed=seed, base=workspace, cache=scratch),
+        manifest_dataset(train_items, size, batch, shuffle_seed=seed, base=workspace, cache=scratch, weights=weights),
         validation_data=manifest_dataset(val_items, size, batch, base=workspace, cache=scratch) if val_items else None,
         initial_epoch=first_epoch,
         epochs=first_epoch + epochs,

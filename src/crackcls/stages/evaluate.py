@@ -21,11 +21,13 @@ from crackcls.config import Config, load_config
 from crackcls.data import manifest
 from crackcls.model.evaluation import (
     GALLERY_FILE,
+    Evaluation,
     add_familiarity,
     domain_shift_warnings,
     evaluate_items,
     labelled_folder,
     metrics_text,
+    sources_text,
     summary,
     write_reports,
 )
@@ -42,7 +44,7 @@ RELIABILITY_CSV = paths.REPORTS_DIR / "reliability.csv"
 RELIABILITY_PNG = paths.REPORTS_DIR / "reliability.png"
 CARD_FILE = paths.REPORTS_DIR / model_card.CARD_FILE
 # what shaped the model (the download settings only say where the data came from)
-CARD_PARAMS = {"data": {"source", "split", "seed", "max_per_class"}, "model": True, "train": True}
+CARD_PARAMS = {"data": {"sources", "split", "seed", "max_per_class"}, "model": True, "train": True}
 
 
 def set_name(folder: str) -> str:
@@ -80,14 +82,15 @@ def run(config: Config, workspace: Path) -> dict:
     registry.log_evaluation(run_info["run_id"], test, files, extra_files, [gallery, *reliability], warnings)
 
     name, version = run_info["registered_model"], str(run_info["registered_model_version"])
-    registry.tag_version_with_test_metrics(name, version, test.metrics)
+    registry.tag_version_with_test_metrics(name, version, test.metrics, test.by_source)
     card = workspace / CARD_FILE
-    atomic.write_text(card, model_card_text(config, workspace, name, version, test.metrics, extra_summary))
+    atomic.write_text(card, model_card_text(config, workspace, name, version, test, extra_summary))
     registry.publish_model_card(name, version, run_info["run_id"], card)
     return {"test": test, "extra": extra, "warnings": warnings, "gallery": gallery, "card": card}
 
 
-def model_card_text(config: Config, workspace: Path, name: str, version: str, metrics: dict, extra: dict) -> str:
+def model_card_text(config: Config, workspace: Path, name: str, version: str, test: Evaluation, extra: dict) -> str:
+    metrics = test.metrics
     return model_card.render(
         name,
         version,
@@ -96,6 +99,7 @@ def model_card_text(config: Config, workspace: Path, name: str, version: str, me
         json_safe(metrics),
         {k: metrics.get(k) for k in ("threshold", "target_recall", "temperature", "ece", "ece_uncalibrated")},
         extra,
+        {source: json_safe(values) for source, values in test.by_source.items()},
     )
 
 
@@ -103,6 +107,8 @@ def model_card_text(config: Config, workspace: Path, name: str, version: str, me
 def main() -> None:
     result = run(load_config(), paths.workspace_root())
     print(metrics_text("test split", result["test"].metrics))
+    if table := sources_text(result["test"].by_source):
+        print(table)
     for name, r in result["extra"].items():
         print(metrics_text(f"extra set '{name}'", r.metrics))
     for warning in result["warnings"]:

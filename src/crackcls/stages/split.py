@@ -1,34 +1,36 @@
-"""DVC stage ``split``: dedupe by content hash, then a stratified, seeded split.
+"""DVC stage ``split``: dedupe by content hash across sources, then a seeded split by source, label and parent.
 
-Reads ``data/raw`` (and ``data/field`` when it holds images) and writes manifests
-to ``data/split/{train,val,test}.csv`` plus ``reports/split.json`` (DVC metrics: numbers
-only) and ``reports/split_skipped.json`` (every skipped file and why).
+Reads ``data/raw/<source>`` for every entry of ``data.sources`` (and ``data/field`` when it
+holds images) and writes manifests to ``data/split/{train,val,test}.csv`` plus
+``reports/split.json`` (DVC metrics: numbers only, overall and per source) and
+``reports/split_skipped.json`` (every skipped file and why).
 """
 
 from __future__ import annotations
 
-from collections import Counter
 from pathlib import Path
 
 from crackcls.config import Config, load_config
 from crackcls.data import manifest
-from crackcls.data.collection import collect, source_roots
+from crackcls.data.collection import collect, source_folders
 from crackcls.data.images import SkipReport
-from crackcls.data.splitting import cap_per_class, collapse_duplicates, stratified_split
+from crackcls.data.splitting import cap_per_class, collapse_duplicates, split_by_source, split_counts
 from crackcls.util import atomic, paths
 from crackcls.util.errors import CrackclsError, user_errors_exit
 
 
 def run(config: Config, workspace: Path) -> dict:
+    data = config.data
     skips = SkipReport()
-    items = collect(source_roots(workspace), workspace, skips)
+    folders = source_folders(data.sources, workspace)
+    items = collect(folders, workspace, skips)
     unique, dedupe = collapse_duplicates(items)
     for name in paths.LABELS:
         if not any(it.label == paths.LABELS.index(name) for it in unique):
-            raise CrackclsError(f"no usable {name} images found; check data/raw/{name}")
-    selected = cap_per_class(unique, config.data.max_per_class, config.data.seed)
-    ratios = config.data.split
-    parts = stratified_split(selected, ratios.train, ratios.val, ratios.test, config.data.seed)
+            raise CrackclsError(f"no usable {name} images found in any source; check data/raw/*/{name}")
+    caps = {folder.source: folder.max_per_class for folder in folders if folder.max_per_class}
+    selected = cap_per_class(unique, data.max_per_class, data.seed, caps)
+    parts = split_by_source(selected, data.split.train, data.split.val, data.split.test, data.seed)
 
     split_dir = workspace / paths.SPLIT_DIR
     with atomic.atomic_dir(split_dir) as staging:
@@ -41,13 +43,8 @@ def run(config: Config, workspace: Path) -> dict:
         "label_conflicts_removed": dedupe.label_conflicts,
         "skipped": skips.count,  # by reason and by file in split_skipped.json: DVC metrics hold numbers only
         "total": sum(len(p) for p in parts.values()),
+        **split_counts(parts),
     }
-    for name, part in parts.items():
-        counts = Counter(it.label for it in part)
-        report[name] = {
-            "total": len(part),
-            **{label.lower(): counts.get(i, 0) for i, label in enumerate(paths.LABELS)},
-        }
     atomic.write_json(workspace / paths.REPORTS_DIR / "split.json", report)
     atomic.write_json(
         workspace / paths.REPORTS_DIR / "split_skipped.json",
@@ -60,11 +57,15 @@ def run(config: Config, workspace: Path) -> dict:
 def main() -> None:
     config = load_config()
     report = run(config, paths.workspace_root())
+    sources = ", ".join(f"{name} {counts['total']}" for name, counts in report["sources"].items())
     print(
         f"split: {report['train']['total']} train / {report['val']['total']} val / "
-        f"{report['test']['total']} test; {report['duplicates_removed']} duplicates removed, "
-        f"{report['skipped']} unreadable files skipped"
+        f"{report['test']['total']} test ({sources}); {report['duplicates_removed']} duplicates removed, "
+        f"{report['label_conflicts_removed']} label conflicts dropped, {report['skipped']} unreadable files skipped"
     )
+    for name, counts in report["sources"].items():
+        if counts.get("parents"):
+            print(f"split: {name}: {counts['parents']} parent photos, each in one split")
 
 
 if __name__ == "__main__":

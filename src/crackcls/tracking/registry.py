@@ -130,6 +130,8 @@ def _requirements() -> list[str]:
 def log_to_mlflow(result: Evaluation, files: dict[str, Path], prefix: str, artifact_path: str) -> None:
     """Metrics under ``<prefix>_*`` and every report file as an artifact of the active run."""
     numeric = {f"{prefix}_{k}": v for k, v in json_safe(result.metrics).items() if v is not None}
+    for source, values in result.by_source.items():
+        numeric.update({f"{prefix}_sources.{source}.{k}": v for k, v in json_safe(values).items() if v is not None})
     numeric[f"{prefix}_skipped"] = result.skipped.count
     mlflow.log_metrics(numeric)
     for path in files.values():
@@ -173,13 +175,24 @@ def _source_run(spec: str) -> str | None:
     return None
 
 
-def tag_version_with_test_metrics(model_name: str, version: str, metrics: dict[str, float]) -> None:
-    """The headline test figures and their intervals on the registered version, where the registry lists them."""
+SOURCE_TAG_KEYS = ("accuracy", "balanced_accuracy", "recall")
+
+
+def tag_version_with_test_metrics(
+    model_name: str, version: str, metrics: dict[str, float], by_source: dict[str, dict[str, float]] | None = None
+) -> None:
+    """The headline test figures and their intervals on the registered version, where the registry lists them.
+
+    Each source gets one tag, e.g. ``test_source_decks``: ``accuracy 0.81 [0.77, 0.85]; ...``.
+    """
     client = store.client()
     for key in ("f1", "accuracy", "recall", "roc_auc"):
         client.set_model_version_tag(model_name, version, f"test_{key}", f"{metrics[key]:.4f}")
         if interval := format_interval(metrics, key):
             client.set_model_version_tag(model_name, version, f"test_{key}_ci95", interval)
+    for source, values in (by_source or {}).items():
+        text = "; ".join(f"{key} {values[key]:.4f} {format_interval(values, key)}".rstrip() for key in SOURCE_TAG_KEYS)
+        client.set_model_version_tag(model_name, version, f"test_source_{source}", f"{text}; n={values['n']}")
 
 
 def publish_model_card(model_name: str, version: str, run_id: str, card_file: Path) -> None:

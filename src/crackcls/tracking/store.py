@@ -153,11 +153,21 @@ def git_tags(cwd: Path | None = None) -> dict[str, str]:
 
 
 def flatten(prefix: str, value: Any) -> dict[str, Any]:
-    """Nested params → ``a.b.c`` keys, as DVC names them."""
+    """Nested params → ``a.b.c`` keys, as DVC names them.
+
+    A list of named entries (``data.sources``) becomes its names, comma-joined, plus
+    ``data.sources.<name>.<key>`` for each set field, so the MLflow UI can filter on them.
+    """
     if isinstance(value, dict):
         flat: dict[str, Any] = {}
         for key, inner in value.items():
             flat.update(flatten(f"{prefix}.{key}" if prefix else str(key), inner))
+        return flat
+    if isinstance(value, list) and value and all(isinstance(v, dict) and "name" in v for v in value):
+        flat = {prefix: ",".join(str(v["name"]) for v in value)}
+        for entry in value:
+            fields = {k: v for k, v in entry.items() if k != "name" and v is not None}
+            flat.update(flatten(f"{prefix}.{entry['name']}", fields))
         return flat
     return {prefix: value}
 

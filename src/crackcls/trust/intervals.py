@@ -19,7 +19,7 @@ PROPORTIONS = {
     "precision": (("tp",), ("tp", "fp")),
     "recall": (("tp",), ("tp", "fn")),
 }
-BOOTSTRAPPED = ("f1", "roc_auc")
+BOOTSTRAPPED = ("f1", "roc_auc", "balanced_accuracy")
 
 
 def wilson(successes: int, trials: int, z: float = Z95) -> tuple[float, float]:
@@ -42,6 +42,15 @@ def _f1(y_true: np.ndarray, y_pred: np.ndarray) -> np.ndarray:
     return np.where(denominator > 0, 2 * tp / np.maximum(denominator, 1), 0.0)
 
 
+def _balanced_accuracy(y_true: np.ndarray, y_pred: np.ndarray) -> np.ndarray:
+    """Mean of the two classes' recalls per row; rows holding one class are not defined (NaN)."""
+    positives = np.sum(y_true == 1, axis=1)
+    negatives = np.sum(y_true == 0, axis=1)
+    hit = np.sum((y_true == 1) & (y_pred == 1), axis=1) / np.maximum(positives, 1)
+    rejected = np.sum((y_true == 0) & (y_pred == 0), axis=1) / np.maximum(negatives, 1)
+    return np.where((positives > 0) & (negatives > 0), (hit + rejected) / 2, np.nan)
+
+
 def bootstrap(
     y_true: np.ndarray,
     y_prob: np.ndarray,
@@ -49,9 +58,9 @@ def bootstrap(
     resamples: int = BOOTSTRAP_RESAMPLES,
     seed: int = BOOTSTRAP_SEED,
 ) -> dict[str, tuple[float, float]]:
-    """Percentile intervals of F1 and ROC AUC over resamples of the images (with replacement).
+    """Percentile intervals of F1, ROC AUC and balanced accuracy over resamples of the images (with replacement).
 
-    Resamples holding a single class have no ROC AUC and are left out of its interval;
+    Resamples holding a single class have no ROC AUC or balanced accuracy and are left out of their intervals;
     with no usable resample the interval is (nan, nan).
     """
     y_true = np.asarray(y_true, int)
@@ -59,9 +68,15 @@ def bootstrap(
     rng = np.random.default_rng(seed)
     index = rng.integers(0, y_true.size, size=(resamples, y_true.size))
     labels, probs = y_true[index], y_prob[index]
-    f1 = _f1(labels, (probs >= threshold).astype(int))
+    predicted = (probs >= threshold).astype(int)
+    f1 = _f1(labels, predicted)
     both = (labels.min(axis=1) == 0) & (labels.max(axis=1) == 1)
-    return {"f1": _percentiles(f1), "roc_auc": _percentiles(_auc(labels[both], probs[both]))}
+    balanced = _balanced_accuracy(labels[both], predicted[both])
+    return {
+        "f1": _percentiles(f1),
+        "roc_auc": _percentiles(_auc(labels[both], probs[both])),
+        "balanced_accuracy": _percentiles(balanced),
+    }
 
 
 def _auc(labels: np.ndarray, probs: np.ndarray) -> np.ndarray:

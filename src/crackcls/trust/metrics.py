@@ -9,7 +9,11 @@ from sklearn import metrics as skm
 
 
 def classification_metrics(y_true: np.ndarray, y_prob: np.ndarray, threshold: float = 0.5) -> dict[str, float]:
-    """Accuracy, precision, recall, F1, ROC AUC, log loss and confusion counts.
+    """Accuracy, balanced accuracy, precision, recall, F1, ROC AUC, log loss and confusion counts.
+
+    Balanced accuracy (the mean of the two classes' recalls) is the figure to compare
+    across sources whose classes are uneven, such as SDNET2018's; with one class present
+    it is that class's recall.
 
     ROC AUC is NaN-free: with a single class present it is reported as null-equivalent
     ``None`` by the caller's JSON, so here it becomes ``float('nan')`` only in memory.
@@ -24,6 +28,7 @@ def classification_metrics(y_true: np.ndarray, y_prob: np.ndarray, threshold: fl
     both_classes = len(np.unique(y_true)) == 2
     return {
         "accuracy": float(skm.accuracy_score(y_true, y_pred)),
+        "balanced_accuracy": _balanced_accuracy(tp, fp, tn, fn),
         "precision": float(skm.precision_score(y_true, y_pred, zero_division=0)),
         "recall": float(skm.recall_score(y_true, y_pred, zero_division=0)),
         "f1": float(skm.f1_score(y_true, y_pred, zero_division=0)),
@@ -36,6 +41,11 @@ def classification_metrics(y_true: np.ndarray, y_prob: np.ndarray, threshold: fl
         "n": int(y_true.size),
         "threshold": float(threshold),
     }
+
+
+def _balanced_accuracy(tp: int, fp: int, tn: int, fn: int) -> float:
+    recalls = [hits / total for hits, total in ((tp, tp + fn), (tn, tn + fp)) if total]
+    return float(sum(recalls) / len(recalls))
 
 
 def json_safe(values: dict[str, float]) -> dict[str, float | None]:

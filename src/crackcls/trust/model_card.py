@@ -15,18 +15,19 @@ from crackcls.data import manifest
 from crackcls.trust.intervals import format_interval
 
 CARD_FILE = "model_card.md"
-INTERVAL_METRICS = ("accuracy", "precision", "recall", "f1", "roc_auc")
+INTERVAL_METRICS = ("accuracy", "balanced_accuracy", "precision", "recall", "f1", "roc_auc")
+SOURCE_METRICS = ("accuracy", "balanced_accuracy", "recall", "precision", "roc_auc")
 
 INTENDED_USE = (
-    "Screening close-up photos of concrete surfaces (about 227 x 227 px crops, as in the "
-    "Mendeley concrete-crack set) for cracks, with a person reviewing what it flags. "
+    "Screening close-up photos of concrete surfaces (tiles of about 227 to 256 px, as in the "
+    "Mendeley and SDNET2018 sets) for cracks, with a person reviewing what it flags. "
     "Not a replacement for a structural inspection."
 )
 KNOWN_LIMITS = (
-    "Trained on one public set of concrete photos from one campus; on other surfaces "
-    "(bridge decks, brick, painted walls) recall can collapse without warning in the "
-    "probability itself. Trust `unfamiliar` answers least: their features lie outside "
-    "what the model saw in training.",
+    "Only as good on a kind of surface as the per-source table says; on surfaces that no "
+    "training source holds (brick, painted walls, another camera) recall can collapse without "
+    "warning in the probability itself. Trust `unfamiliar` answers least: their features lie "
+    "outside what the model saw in training.",
     "The intervals are 95% intervals over the test images; they say nothing about images "
     "unlike the test split.",
     "Hairline cracks thinner than a pixel at the input size, stains, joints and shadows "
@@ -66,8 +67,10 @@ def render(
     test: Mapping[str, object],
     decision: Mapping[str, object],
     extra_sets: Mapping[str, Mapping[str, object]],
+    sources: Mapping[str, Mapping[str, object]] | None = None,
 ) -> str:
-    """The card as Markdown. ``decision``: threshold, target_recall, temperature, ece, ece_uncalibrated."""
+    """The card as Markdown. ``decision``: threshold, target_recall, temperature, ece, ece_uncalibrated;
+    ``sources``: the test split's metrics per source."""
     lines = [f"# {name} version {version}", "", "## Intended use", "", INTENDED_USE, ""]
     lines += ["## Data", "", "Split manifests (md5, as in `dvc.lock`):", ""]
     lines += [f"- `{split}.csv`: `{digest}`" for split, digest in data.items()] or ["- unknown"]
@@ -75,6 +78,12 @@ def render(
     lines += [f"| `{key}` | `{value}` |" for key, value in sorted(params.items())]
     lines += ["", f"## Test split ({_value(test.get('n'))} images)", ""]
     lines += _metric_rows(test)
+    if sources:
+        lines += ["", "### Per source", "", "| source | n | " + " | ".join(SOURCE_METRICS) + " |"]
+        lines.append("|---|---|" + "---|" * len(SOURCE_METRICS))
+        for source, m in sources.items():
+            cells = [f"{_value(m.get(key))} {format_interval(m, key)}".rstrip() for key in SOURCE_METRICS]  # type: ignore[arg-type]
+            lines.append(f"| {source} | {_value(m.get('n'))} | " + " | ".join(cells) + " |")
     target = decision.get("target_recall")
     lines += [
         "",

@@ -1,8 +1,10 @@
 """Pure promotion rule: when may a challenger replace the champion?
 
-Two conditions, both checkable by hand: the challenger's ``promote_metric`` beats the
-champion's by at least ``min_improvement``, and an exact McNemar test on the images
-the two models disagree about says the difference is unlikely to be luck.
+Three conditions, each checkable by hand: the challenger's ``promote_metric`` beats the
+champion's by at least ``min_improvement``; an exact McNemar test on the images the two
+models disagree about says the difference is unlikely to be luck; and the same paired
+test finds it significantly worse on no single source, so a gain on Mendeley cannot
+buy a loss on bridge decks.
 """
 
 from __future__ import annotations
@@ -90,3 +92,37 @@ def decide(
     if paired.challenger_only > paired.champion_only and paired.p_value < max_p_value:
         return Decision(True, f"{better}; {evidence} < {max_p_value:g}")
     return Decision(False, f"{better}, but that may be luck: {evidence}; needs p < {max_p_value:g}")
+
+
+@dataclass(frozen=True)
+class SourceCheck:
+    """One source's paired comparison: the row the decision prints and the version is tagged with."""
+
+    source: str
+    n: int
+    challenger: float  # promote_metric on this source's images
+    champion: float
+    paired: McNemar
+
+    def significantly_worse(self, max_p_value: float) -> bool:
+        return self.paired.champion_only > self.paired.challenger_only and self.paired.p_value < max_p_value
+
+
+def source_regressions(checks: list[SourceCheck], max_p_value: float) -> list[SourceCheck]:
+    """The sources where the challenger loses with McNemar p < ``max_p_value``; none with the test off."""
+    if max_p_value >= NO_TEST:
+        return []
+    return [check for check in checks if check.significantly_worse(max_p_value)]
+
+
+def with_source_checks(decision: Decision, checks: list[SourceCheck], max_p_value: float, metric: str) -> Decision:
+    """A promotion stands only if no source got significantly worse; a refusal stays a refusal."""
+    worse = source_regressions(checks, max_p_value)
+    if not decision.promote or not worse:
+        return decision
+    named = "; ".join(
+        f"{c.source}: {metric} {c.challenger:.4f} vs {c.champion:.4f}, disagreements {c.paired.challenger_only} "
+        f"for the challenger, {c.paired.champion_only} for the champion, McNemar p={c.paired.p_value:.4g}"
+        for c in worse
+    )
+    return Decision(False, f"{decision.reason}; but significantly worse on {named} (needs no source with p < {max_p_value:g})")
