@@ -10,9 +10,9 @@ PORT   ?= 5000
 SERVE_PORT ?= 5001
 TRACKING_URI := $(or $(MLFLOW_TRACKING_URI),sqlite:///$(CURDIR)/mlflow.db)
 
-# The offline demo: the full DVC pipeline on the bundled sample, the compact backbone trained
-# from scratch (no ImageNet download) at 96 px.
-DEMO_PARAMS := -S data.source=sample -S model.backbone=compact_cnn -S model.weights=none \
+# The offline demo: the full DVC pipeline on the bundled Mendeley and SDNET2018 samples, the
+# compact backbone trained from scratch (no ImageNet download) at 96 px.
+DEMO_PARAMS := -S 'data.sources=[sample,sdnet2018-sample]' -S model.backbone=compact_cnn -S model.weights=none \
                -S model.image_size=96 -S train.epochs=12 -S train.patience=4 -S train.batch_size=32
 
 IN     ?=

@@ -3,6 +3,7 @@
     python bench/run.py                      # full run (shared 4,000-image sample, 224 px)
     python bench/run.py --quick              # a smoke run on the bundled sample
     python bench/run.py --trust              # only the trust figures: recall threshold, calibration, familiarity
+    python bench/run.py --sources            # only the two-source figures: Mendeley + SDNET2018, split by parent
 
 Each part runs in its own subprocess so its peak RSS is its own. Results are
 printed as a table and written to bench/results/bench.json.
@@ -36,6 +37,12 @@ f. Scan: tiles/s while scanning 4032 x 3024 JPEGs (mosaics of sample patches) ag
    raw forward rate of the same model on in-memory tensors, and seconds per photo, for
    each ``--scan-backbones`` entry (untrained weights: speed does not depend on them).
 g. Scan memory: peak RSS of a subprocess scanning one 12 MP and one 100 MP JPEG, per backbone.
+Sources (``--sources``, run on its own): the whole pipeline from scratch on the shared Mendeley
+   4,000 plus the shared SDNET2018 3,000 (split by parent photo), with the recipe of params.yaml
+   for the compact backbone unless ``--overrides`` says otherwise: per-source test accuracy,
+   balanced accuracy and recall with 95% intervals, training images/s, wall time and peak RSS;
+   beside it a Mendeley-only model, same recipe, scored on the same test split (each source's
+   split does not depend on the other sources, so it never trained on those test images).
 h. Scan accuracy (with ``--scan-model``): photo-level accuracy, crack-tile recall and false
    crack tiles per photo on 12 x 9-patch mosaics (half with a crack path of 3-8 patches)
    of shared-sample images whose bytes are not in the bundled sample/ (not trained on by the demo).
@@ -60,6 +67,7 @@ import yaml
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_SAMPLE = REPO_ROOT.parent / "shared" / "data" / "concrete-crack-sample"
+SHARED_SDNET = REPO_ROOT.parent / "shared" / "data" / "sdnet2018-sample"
 PAINTED_WALL = REPO_ROOT.parent / "shared" / "data" / "other-surfaces" / "painted-wall"
 RESULTS = REPO_ROOT / "bench" / "results"
 
@@ -572,6 +580,76 @@ def trust_table(trust: dict) -> str:
     return "\n".join(rows)
 
 
+SDNET_PATTERN = r"^(?P<parent>.+)-\d+(?:_\d+)?$"
+
+
+def sources_params(mendeley: Path, sdnet: Path | None, recipe: dict) -> dict:
+    """Overrides for a from-scratch run on the shared samples, the recipe's keys merged in."""
+    sources: list = [{"name": "mendeley", "path": str(mendeley)}]
+    if sdnet is not None:
+        sources.append({"name": "sdnet2018", "path": str(sdnet), "parent_pattern": SDNET_PATTERN})
+    overrides: dict = {"data": {"sources": sources}, "model": {"backbone": "compact_cnn", "weights": "none"}}
+    for section, values in recipe.items():
+        overrides.setdefault(section, {}).update(values)
+    return overrides
+
+
+def part_sources(project: Path, overrides: str) -> dict:
+    """One pipeline; per-source test metrics, training throughput and time."""
+    from crackcls.data import manifest
+    from crackcls.util import paths
+
+    started = time.perf_counter()
+    config, info, trained_s, metrics = run_pipeline(project, json.loads(overrides))
+    train_images = len(manifest.read(manifest.manifest_path("train", project / paths.SPLIT_DIR)))
+    reported = json.loads((project / "reports/metrics.json").read_text())
+    return {
+        "wall_s": round(time.perf_counter() - started, 1),
+        "train_wall_s": round(trained_s, 1),
+        "training_time_s": info.get("training_time_s"),
+        "epochs_trained": info["epochs_trained"],
+        "train_images": train_images,
+        "train_img_s": round(train_images * info["epochs_trained"] / info["training_time_s"], 1),
+        "image_size": config.model.image_size,
+        "overall": {k: v for k, v in reported.items() if k != "sources"},
+        "sources": reported.get("sources", {}),
+        "split": json.loads((project / "reports/split.json").read_text())["sources"],
+    }
+
+
+def part_score(project: Path, model_file: Path) -> dict:
+    """Another project's model on this project's test split, per source."""
+    from crackcls.data import manifest
+    from crackcls.model.evaluation import evaluate_items
+    from crackcls.model.inference import load_model_file
+    from crackcls.trust import companions
+    from crackcls.trust.metrics import json_safe
+    from crackcls.util import paths
+
+    os.chdir(project)
+    model = load_model_file(model_file)
+    items = manifest.read(manifest.manifest_path("test", project / paths.SPLIT_DIR))
+    result = evaluate_items(model, items, companions.threshold(model, None, 0.5), 64, base=project)
+    return {"overall": json_safe(result.metrics), "sources": {k: json_safe(v) for k, v in result.by_source.items()}}
+
+
+def sources_table(both: dict, alone: dict) -> str:
+    def ci(metrics: dict, name: str) -> str:
+        return f"{metrics[name]:.3f} [{metrics[name + '_ci_low']:.3f}, {metrics[name + '_ci_high']:.3f}]"
+
+    rows = [
+        "| source (test, unseen parents) | n | two sources: accuracy | balanced accuracy | recall | Mendeley only: accuracy | balanced accuracy | recall |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for name, m in both["sources"].items():
+        other = alone["sources"].get(name)
+        theirs = " | ".join(ci(other, k) for k in ("accuracy", "balanced_accuracy", "recall")) if other else "n/a | n/a | n/a"
+        rows.append(
+            f"| {name} | {m['n']} | **{ci(m, 'accuracy')}** | **{ci(m, 'balanced_accuracy')}** | {ci(m, 'recall')} | {theirs} |"
+        )
+    return "\n".join(rows)
+
+
 # ---------------------------------------------------------------- driver
 def table(results: dict) -> str:
     rows = ["| benchmark | measured | target |", "|---|---|---|"]
@@ -612,6 +690,33 @@ def table(results: dict) -> str:
 PARTS = ("training", "without_imagenet", "predict", "split", "scan")
 
 
+def run_sources(args: argparse.Namespace, mendeley: Path, scratch: Path) -> None:
+    """The two-source model and a Mendeley-only one on the same test split, and their table."""
+    if not (SHARED_SDNET / "decks").is_dir():
+        raise SystemExit(f"--sources needs the shared SDNET2018 sample at {SHARED_SDNET}")
+    recipe = json.loads(args.overrides)
+    runs = {}
+    for name, sdnet in (("two_sources", SHARED_SDNET), ("mendeley_only", None)):
+        project = make_project(scratch / name, mendeley, args.scratch_size, args.scratch_epochs, args.batch)
+        overrides = json.dumps(sources_params(mendeley, sdnet, recipe))
+        runs[name] = run_part("sources", "--project", str(project), "--overrides", overrides)
+    alone = run_part(
+        "score", "--project", str(scratch / "two_sources"), "--photo", str(scratch / "mendeley_only" / "models/model.keras")
+    )
+    both = runs["two_sources"]
+    result = {"recipe": recipe, "runs": runs, "mendeley_only_on_two_source_test": alone, "table": sources_table(both, alone)}
+    out = args.out.with_name("sources.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2))
+    print(result["table"])
+    for name, run in runs.items():
+        print(
+            f"{name}: {run['train_images']} training images, {run['image_size']} px, {run['epochs_trained']} epochs, "
+            f"{run['train_img_s']} img/s training, pipeline {run['wall_s']} s, peak RSS {run['peak_rss_mb']} MB"
+        )
+    print(f"written: {out}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="a fast smoke run on the bundled sample")
@@ -628,6 +733,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=RESULTS / "bench.json")
     parser.add_argument("--trust", action="store_true", help="run only the trust figures (threshold, calibration, familiarity)")
     parser.add_argument("--trust-backbone", default="compact_cnn")
+    parser.add_argument("--sources", action="store_true", help="run only the two-source figures (Mendeley + SDNET2018)")
     parser.add_argument("--target-recall", type=float, default=0.99)
     parser.add_argument("--scan-backbones", nargs="+", default=["compact_cnn:96", "mobilenet_v2:224"], metavar="BACKBONE:SIZE",
                         help="models timed while scanning 12 MP photos")  # fmt: skip
@@ -654,6 +760,8 @@ def main() -> None:
             "predict": lambda: part_predict(args.project, args.predict_images, args.batch),
             "predict_command": lambda: part_predict_command(args.project, args.predict_images),
             "split": lambda: part_split(args.data, args.work, args.split_copies),
+            "sources": lambda: part_sources(args.project, args.overrides),
+            "score": lambda: part_score(args.project, args.photo),
             "trust": lambda: part_trust(
                 args.project, args.trust_backbone, args.target_recall,
                 [str(PAINTED_WALL)] if (PAINTED_WALL / "Positive").is_dir() else [],
@@ -686,6 +794,12 @@ def main() -> None:
             print(trust["table"])
             print(f"\n{trust['backbone']}, {args.scratch_size} px, {args.scratch_epochs} epochs; pipeline {trust['wall_s']} s, "
                   f"peak RSS {trust['peak_rss_mb']} MB; written: {out}")
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
+        return
+    if args.sources:
+        try:
+            run_sources(args, data, scratch)
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
         return

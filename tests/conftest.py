@@ -127,16 +127,29 @@ def rar_fixtures() -> Path:
     return RAR_FIXTURES
 
 
-def build_tiny_project(project: Path, per_class: int = 40) -> Path:
-    """A project folder: params.yaml (TINY_PARAMS), dvc.yaml and a per_class+per_class sample."""
+SDNET_SURFACES = ("decks", "walls", "pavements")
+
+
+TWO_SOURCES = {"data": {"sources": ["sample", "sdnet2018-sample"]}}
+
+
+def build_tiny_project(project: Path, per_class: int = 40, sdnet_per_class: int = 0) -> Path:
+    """A project folder: params.yaml (TINY_PARAMS), dvc.yaml and a per_class+per_class sample.
+
+    ``sdnet_per_class`` > 0 adds that many tiles per class of each SDNET2018 surface (spread
+    evenly over the name order, so over many parent photos) and lists both samples as sources.
+    """
     project.mkdir(parents=True)
     shutil.copy(REPO_ROOT / "dvc.yaml", project / "dvc.yaml")
-    for label in ("Positive", "Negative"):
-        target = project / "sample" / "mendeley" / label
-        target.mkdir(parents=True)
-        for image in sorted((REPO_ROOT / "sample" / "mendeley" / label).glob("*.jpg"))[:per_class]:
-            shutil.copy(image, target / image.name)
-    write_params(project, TINY_PARAMS)
+    copies = [("mendeley", per_class)] + [(f"sdnet2018/{s}", sdnet_per_class) for s in SDNET_SURFACES if sdnet_per_class]
+    for folder, count in copies:
+        for label in ("Positive", "Negative"):
+            target = project / "sample" / folder / label
+            target.mkdir(parents=True)
+            images = sorted((REPO_ROOT / "sample" / folder / label).glob("*.jpg"))
+            for image in (images[:: max(len(images) // count, 1)][:count] if folder != "mendeley" else images[:count]):
+                shutil.copy(image, target / image.name)
+    write_params(project, deep_merge(TINY_PARAMS, TWO_SOURCES) if sdnet_per_class else TINY_PARAMS)
     return project
 
 

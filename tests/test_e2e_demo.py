@@ -67,6 +67,13 @@ def test_demo_writes_dvc_metrics_and_plots(demo_repo):
     assert '"accuracy_ci_low"' in shown and '"ece"' in shown
     assert "Reliability (test)" in plots and "reports/reliability.csv" in (demo_repo / "dvc.yaml").read_text()
     assert "## Intended use" in (demo_repo / "reports/model_card.md").read_text()
+    # both samples, SDNET2018 by surface and by parent photo, with metrics per source
+    assert sorted(split["sources"]) == ["decks", "mendeley", "pavements", "walls"]
+    assert all(split["sources"][s]["parents"] > 5 for s in ("decks", "pavements", "walls"))
+    assert sorted(metrics["sources"]) == ["decks", "mendeley", "pavements", "walls"]
+    assert '"balanced_accuracy_ci_low"' in shown and '"decks"' in shown
+    log = (demo_repo / "demo.log").read_text()
+    assert "per source (95% intervals)" in log and re.search(r"^\s+decks\s+\d+\s+0\.\d{3} \[", log, re.M), log[-3000:]
 
 
 def test_demo_tracks_the_run_and_crowns_a_champion(demo_repo):
@@ -74,7 +81,8 @@ def test_demo_tracks_the_run_and_crowns_a_champion(demo_repo):
     client = MlflowClient(tracking_uri=store, registry_uri=store)  # not a registry URI another test set
     champion = client.get_model_version_by_alias("crackcls", "champion")
     run = client.get_run(champion.run_id)
-    assert run.data.params["data.source"] == "sample"
+    assert run.data.params["data.sources"] == "mendeley,sdnet2018"
+    assert run.data.params["data.sources.sdnet2018.path"] == "sample/sdnet2018"
     assert run.data.params["model.weights"] == "none"
     for key in ("test_f1", "test_accuracy", "test_roc_auc", "loss", "val_loss", "training_time_s"):
         assert key in run.data.metrics, key

@@ -89,7 +89,7 @@ def inflate_raw(project: Path, copies: int) -> int:
     """
     made = 0
     for label in paths.LABELS:
-        folder = project / paths.RAW_DIR / label
+        folder = project / paths.RAW_DIR / "mendeley" / label
         for image in sorted(folder.glob("*.jpg")):
             for i in range(copies):
                 os.link(image, folder / f"zz{i:04d}_{image.name}")
@@ -553,9 +553,9 @@ def test_dvc_repro_recovers_after_split_interrupted(tmp_path, signum):
     # data/field comes from data.dvc; data/raw as the fetch stage leaves it (sample, 40+40)
     shutil.copytree(repo / "field", repo / paths.FIELD_DIR)
     for label in paths.LABELS:
-        (repo / paths.RAW_DIR / label).mkdir(parents=True)
+        (repo / paths.RAW_DIR / "mendeley" / label).mkdir(parents=True)
         for image in sorted((repo / "sample" / "mendeley" / label).glob("*.jpg"))[:40]:
-            os.link(image, repo / paths.RAW_DIR / label / image.name)
+            os.link(image, repo / paths.RAW_DIR / "mendeley" / label / image.name)
 
     first = _dvc(repo, env, "repro", "--single-item", "split")
     assert first.returncode == 0, first.stdout + first.stderr

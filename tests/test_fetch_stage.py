@@ -69,10 +69,15 @@ def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return proj
 
 
+MENDELEY_KEYS = ("url", "sha256", "size", "mirror_url")
+
+
 def write_params(project: Path, source: str = "mendeley", **download: object) -> None:
-    data: dict = {"source": source}
+    data: dict = {"sources": [source]}
     if download:
-        data["download"] = {"mirror_url": None, "retries": 1, "timeout_s": 5, **download}
+        mendeley = {"mirror_url": None, **{k: v for k, v in download.items() if k in MENDELEY_KEYS}}
+        shared = {k: v for k, v in download.items() if k not in MENDELEY_KEYS}
+        data["download"] = {"mendeley": mendeley, "retries": 1, "timeout_s": 5, **shared}
     (project / "params.yaml").write_text(yaml.safe_dump({"data": data}))
 
 
@@ -86,8 +91,8 @@ def run_main(capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
     return code, capsys.readouterr().err
 
 
-def raw_snapshot(project: Path) -> dict[str, str]:
-    raw = project / "data" / "raw"
+def raw_snapshot(project: Path, source: str = "mendeley") -> dict[str, str]:
+    raw = project / "data" / "raw" / source
     return {p.relative_to(raw).as_posix(): sha(p.read_bytes()) for p in raw.rglob("*") if p.is_file()}
 
 
@@ -109,22 +114,22 @@ def test_mendeley_download_then_bad_checksum_keeps_previous_data(
     assert run_main(capsys)[0] == 0
     before = raw_snapshot(project)
     assert sorted(before) == [f"Negative/{i:05d}.jpg" for i in range(100, 103)] + [f"Positive/{i:05d}.jpg" for i in range(3)]
-    report = json.loads((project / "reports" / "fetch.json").read_text())
-    assert report["source"] == "mendeley" and report["files"] == {"Negative": 3, "Positive": 3}
+    report = json.loads((project / "reports" / "fetch.json").read_text())["sources"]
+    assert list(report) == ["mendeley"] and report["mendeley"]["files"] == {"Negative": 3, "Positive": 3}
     assert (project / fetching.MANUAL_PATH).is_file()
 
     write_params(project, url=f"{base}/file_downloaded", sha256="0" * 64, size=len(payload))
     code, err = run_main(capsys)
     assert code == 2 and "checksum mismatch" in err and "0" * 64 in err
     assert raw_snapshot(project) == before
-    assert sorted(p.name for p in (project / "data").iterdir()) == ["raw"]  # no staging left over
+    assert sorted(p.name for p in (project / "data" / "raw").iterdir()) == ["mendeley"]  # no staging left over
 
 
 def test_decompression_bomb_keeps_previous_data(
     project: Path, served: tuple[Path, str], capsys: pytest.CaptureFixture[str]
 ) -> None:
     www, base = served
-    fetching.copy_dataset(REPO_SAMPLE, project / "data" / "raw")
+    fetching.copy_dataset(REPO_SAMPLE / "mendeley", project / "data" / "raw" / "mendeley")
     before = raw_snapshot(project)
     payload = dataset_zip(extra={"Positive/huge.bmp": bytes(3 * 2**20)})
     (www / "f").write_bytes(payload)
@@ -132,7 +137,7 @@ def test_decompression_bomb_keeps_previous_data(
     code, err = run_main(capsys)
     assert code == 2 and "data.download.max_extract_mb" in err
     assert raw_snapshot(project) == before
-    assert sorted(p.name for p in (project / "data").iterdir()) == ["raw"]
+    assert sorted(p.name for p in (project / "data" / "raw").iterdir()) == ["mendeley"]
 
 
 def test_manual_download_is_used_without_network(project: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -180,7 +185,7 @@ def test_mirror_zip_holding_the_rar(
 def test_offline_fails_fast_with_advice(project: Path, capsys: pytest.CaptureFixture[str]) -> None:
     url = closed_port_url()
     (project / "params.yaml").write_text(
-        yaml.safe_dump({"data": {"source": "mendeley", "download": {"url": url, "mirror_url": None}}})
+        yaml.safe_dump({"data": {"sources": ["mendeley"], "download": {"mendeley": {"url": url, "mirror_url": None}}}})
     )  # default retries and timeouts, as a user would have them
     start = time.monotonic()
     code, err = run_main(capsys)
@@ -191,13 +196,27 @@ def test_offline_fails_fast_with_advice(project: Path, capsys: pytest.CaptureFix
 
 
 def test_sample_source(project: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (project / "data" / "raw" / "Positive").mkdir(parents=True)  # an older single-source layout
     write_params(project, source="sample")
     assert run_main(capsys)[0] == 0
     for label in ("Positive", "Negative"):
-        expected = sorted(p.name for p in (REPO_SAMPLE / label).iterdir() if p.suffix == ".jpg")
-        assert sorted(p.name for p in (project / "data" / "raw" / label).iterdir()) == expected
-    report = json.loads((project / "reports" / "fetch.json").read_text())
-    assert report["source"] == "sample" and report["skipped_entries"] == []
+        expected = sorted(p.name for p in (REPO_SAMPLE / "mendeley" / label).iterdir() if p.suffix == ".jpg")
+        assert sorted(p.name for p in (project / "data" / "raw" / "mendeley" / label).iterdir()) == expected
+    assert sorted(p.name for p in (project / "data" / "raw").iterdir()) == ["mendeley"]
+    report = json.loads((project / "reports" / "fetch.json").read_text())["sources"]
+    assert report["mendeley"]["kind"] == "folder" and report["mendeley"]["skipped_entries"] == []
+
+
+def test_sdnet_sample_source_keeps_its_surfaces(project: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    write_params(project, source="sdnet2018-sample")
+    assert run_main(capsys)[0] == 0
+    report = json.loads((project / "reports" / "fetch.json").read_text())["sources"]["sdnet2018"]
+    assert sorted(report["subsets"]) == ["decks", "pavements", "walls"]
+    for surface in ("decks", "pavements", "walls"):
+        for label in ("Positive", "Negative"):
+            expected = sorted(p.name for p in (REPO_SAMPLE / "sdnet2018" / surface / label).glob("*.jpg"))
+            assert sorted(p.name for p in (project / "data/raw/sdnet2018" / surface / label).iterdir()) == expected
+            assert report["subsets"][surface]["files"][label] == len(expected) > 0
 
 
 def test_folder_source(project: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -207,7 +226,7 @@ def test_folder_source(project: Path, capsys: pytest.CaptureFixture[str]) -> Non
         (project / "mine" / label / "notes.txt").write_text("not an image")
     write_params(project, source="mine")
     assert run_main(capsys)[0] == 0
-    assert sorted(raw_snapshot(project)) == ["Negative/nested/a.jpg", "Positive/nested/a.jpg"]
+    assert sorted(raw_snapshot(project, "mine")) == ["Negative/nested/a.jpg", "Positive/nested/a.jpg"]
 
 
 def test_folder_without_images_is_refused(tmp_path: Path) -> None:
@@ -250,7 +269,7 @@ def test_disk_full_while_extracting_keeps_previous_data(
     code, err = run_main(capsys)
     assert code == 2 and "No space left on device" in err and "Traceback" not in err
     assert raw_snapshot(project) == before
-    assert sorted(p.name for p in (project / "data").iterdir()) == ["raw"]  # no half-extracted tree beside it
+    assert sorted(p.name for p in (project / "data" / "raw").iterdir()) == ["mendeley"]  # no half-extracted tree
 
 
 def test_disk_full_while_downloading_is_a_clear_error(
@@ -263,4 +282,4 @@ def test_disk_full_while_downloading_is_a_clear_error(
     code, err = run_main(capsys)
     assert code == 2
     assert "No space left on device" in err and "Free disk space" in err and "Traceback" not in err
-    assert not (project / "data" / "raw").exists()
+    assert not (project / "data" / "raw" / "mendeley").exists()

@@ -69,3 +69,46 @@ def test_the_job_pairs_the_two_models_image_by_image_at_their_own_thresholds():
     result = paired_test(challenger, champion)
     # challenger right on a, b, c, d(0.1<0.3), e; champion right on a, c only (d: 0.6 >= 0.5 is wrong)
     assert (result.challenger_only, result.champion_only) == (3, 0)
+
+
+def scored(paths, sources, y, correct, threshold=0.5):
+    """An Evaluation whose answers are right exactly where ``correct`` says."""
+    from crackcls.model.evaluation import Evaluation, source_metrics
+
+    y = np.asarray(y)
+    prob = np.where(np.asarray(correct), y, 1 - y).astype(float) * 0.8 + 0.1
+    result = Evaluation({}, list(paths), y, prob, threshold, sources=list(sources))
+    result.by_source = source_metrics(result)
+    return result
+
+
+def test_a_gain_overall_that_costs_one_source_significantly_is_refused():
+    from crackcls.jobs.promote import paired_test, source_checks, source_rows
+    from crackcls.trust.promotion import with_source_checks
+
+    n_mendeley, n_decks = 400, 40
+    paths = [f"m{i}" for i in range(n_mendeley)] + [f"d{i}" for i in range(n_decks)]
+    sources = ["mendeley"] * n_mendeley + ["decks"] * n_decks
+    y = np.arange(len(paths)) % 2
+    # the champion misses 60 Mendeley images and no deck tile; the challenger gets Mendeley right, misses 15 decks
+    champion = scored(paths, sources, y, [i >= 60 for i in range(n_mendeley)] + [True] * n_decks)
+    challenger = scored(paths, sources, y, [True] * n_mendeley + [i >= 15 for i in range(n_decks)])
+
+    overall = paired_test(challenger, champion)
+    assert (overall.challenger_only, overall.champion_only) == (60, 15) and overall.p_value < 0.05
+    first = decide(challenger.by_source["mendeley"]["accuracy"], 0.5, 0.0, "accuracy", overall, 0.05)
+    assert first.promote
+    checks = source_checks(challenger, champion, "accuracy")
+    decks = next(c for c in checks if c.source == "decks")
+    assert (decks.n, decks.paired.challenger_only, decks.paired.champion_only) == (40, 0, 15)
+    assert decks.challenger == pytest.approx(25 / 40) and decks.champion == pytest.approx(1.0)
+    final = with_source_checks(first, checks, 0.05, "accuracy")
+    assert not final.promote and "significantly worse on decks" in final.reason
+    rows = source_rows(checks, "accuracy", 0.05)
+    assert any(r.startswith("decks") and r.endswith("WORSE") for r in rows)
+    assert any(r.startswith("mendeley") and r.endswith("ok") for r in rows)
+    # a smaller, insignificant loss on decks does not block the gain
+    mild = scored(paths, sources, y, [True] * n_mendeley + [i >= 2 for i in range(n_decks)])
+    assert with_source_checks(first, source_checks(mild, champion, "accuracy"), 0.05, "accuracy").promote
+    # with the paired test off, only the overall rule applies
+    assert with_source_checks(first, checks, 1.0, "accuracy").promote

@@ -2,11 +2,20 @@
 
 from __future__ import annotations
 
+import random
 from collections import Counter
 
 import pytest
 
-from crackcls.data.splitting import Item, cap_per_class, collapse_duplicates, stratified_split
+from crackcls.data.balance import balance_weights, weight_shares
+from crackcls.data.splitting import (
+    Item,
+    cap_per_class,
+    collapse_duplicates,
+    grouped_split,
+    split_by_source,
+    stratified_split,
+)
 
 
 def make_items(n_pos: int, n_neg: int, prefix: str = "") -> list[Item]:
@@ -69,3 +78,85 @@ def test_cap_per_class_is_seeded_and_balanced():
     assert Counter(it.label for it in capped) == {1: 15, 0: 15}
     assert capped == cap_per_class(items, 15, seed=3)
     assert cap_per_class(items, None, seed=3) == items
+
+
+def tiles(source: str, parents: dict[str, tuple[int, int]]) -> list[Item]:
+    """Tiles named like SDNET2018's: per parent, (cracked, uncracked) counts."""
+    items = []
+    for parent, (cracked, clean) in parents.items():
+        for i in range(cracked + clean):
+            label = int(i < cracked)
+            items.append(Item(f"{source}/{parent}-{i}.jpg", label, f"{source}{parent}{i}", source, parent))
+    return items
+
+
+def test_no_parent_spans_two_splits_and_each_source_gets_its_share():
+    rng = random.Random(0)
+    decks = tiles("decks", {f"7{p:03d}": (rng.randint(0, 12), rng.randint(10, 40)) for p in range(40)})
+    walls = tiles("walls", {f"8{p:03d}": (rng.randint(0, 20), rng.randint(5, 30)) for p in range(30)})
+    mendeley = [Item(it.path, it.label, it.sha256, "mendeley") for it in make_items(300, 300, "m/")]
+    parts = split_by_source(decks + walls + mendeley, 0.7, 0.15, 0.15, seed=5)
+
+    owner: dict[tuple[str, str], str] = {}
+    for name, part in parts.items():
+        for item in part:
+            if item.parent:
+                assert owner.setdefault((item.source, item.parent), name) == name, f"{item.parent} in two splits"
+    assert sum(len(p) for p in parts.values()) == len(decks) + len(walls) + len(mendeley)
+    for source, members in (("decks", decks), ("walls", walls), ("mendeley", mendeley)):
+        for name, ratio in (("train", 0.7), ("val", 0.15), ("test", 0.15)):
+            share = [it for it in parts[name] if it.source == source]
+            assert len(share) == pytest.approx(ratio * len(members), rel=0.25), (source, name)
+            for label in (0, 1):
+                wanted = ratio * sum(1 for it in members if it.label == label)
+                assert sum(1 for it in share if it.label == label) == pytest.approx(wanted, rel=0.35), (source, name, label)
+    # Mendeley names no parents: split image by image, exactly as a single-source run does
+    alone = stratified_split(mendeley, 0.7, 0.15, 0.15, seed=5)
+    assert {n: [it for it in parts[n] if it.source == "mendeley"] for n in parts} == alone
+
+
+def test_grouped_split_is_reproducible_and_seed_dependent():
+    items = tiles("decks", {f"{p:03d}": (p % 5, 10) for p in range(30)})
+    first = grouped_split(items, 0.7, 0.15, 0.15, seed=1)
+    assert first == grouped_split(list(reversed(items)), 0.7, 0.15, 0.15, seed=1)
+    other = grouped_split(items, 0.7, 0.15, 0.15, seed=2)
+    assert {it.parent for it in first["test"]} != {it.parent for it in other["test"]}
+
+
+def test_a_tiny_source_still_reaches_train():
+    items = [Item("field/Positive/a.jpg", 1, "a", "field"), Item("field/Negative/b.jpg", 0, "b", "field")]
+    parts = split_by_source(items, 0.7, 0.15, 0.15, seed=0)
+    assert sum(len(p) for p in parts.values()) == 2 and parts["train"]
+
+
+def test_duplicates_collapse_across_sources():
+    mendeley = Item("raw/mendeley/Positive/a.jpg", 1, "same", "mendeley")
+    copy = Item("raw/site/Positive/a_copy.jpg", 1, "same", "site")
+    conflict = [Item("raw/decks/Positive/x.jpg", 1, "x", "decks", "7001"), Item("raw/walls/Negative/x.jpg", 0, "x", "walls", "8001")]
+    kept, report = collapse_duplicates([mendeley, copy, *conflict])
+    assert kept == [mendeley] and report.duplicates_removed == 1 and report.label_conflicts == 2
+
+
+def test_cap_per_source_keeps_whole_parents():
+    decks = tiles("decks", {f"{p:03d}": (0, 10) for p in range(20)})
+    mendeley = [Item(it.path, it.label, it.sha256, "mendeley") for it in make_items(50, 50, "m/")]
+    capped = cap_per_class(decks + mendeley, None, seed=1, caps={"decks": 55})
+    kept_decks = [it for it in capped if it.source == "decks"]
+    assert 45 <= len(kept_decks) <= 55
+    by_parent = Counter(it.parent for it in kept_decks)
+    assert set(by_parent.values()) == {10}  # every kept parent whole
+    assert len([it for it in capped if it.source == "mendeley"]) == 100  # uncapped source untouched
+    assert cap_per_class(decks + mendeley, 30, seed=1) == cap_per_class(decks + mendeley, 30, seed=1)
+
+
+def test_balance_weights_even_out_sources_and_classes():
+    decks = tiles("decks", {"a": (20, 180)})
+    mendeley = [Item(it.path, it.label, it.sha256, "mendeley") for it in make_items(400, 400, "m/")]
+    items = decks + mendeley
+    weights = balance_weights(items, "source_class")
+    assert weights.mean() == pytest.approx(1.0)
+    shares = weight_shares(items, weights)
+    assert shares == pytest.approx({"decks/negative": 0.25, "decks/positive": 0.25, "mendeley/negative": 0.25, "mendeley/positive": 0.25})
+    by_class = weight_shares(items, balance_weights(items, "class"))
+    assert by_class["decks/positive"] + by_class["mendeley/positive"] == pytest.approx(0.5)
+    assert balance_weights(items, "none") is None

@@ -12,7 +12,7 @@ import contextlib
 import locale
 import logging
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
@@ -48,6 +48,8 @@ from crackcls.util.errors import CrackclsError
 log = logging.getLogger(__name__)
 
 CAP_KEY = "data.download.max_extract_mb"
+# A labelled dataset's class folders, Positive/ first as messages name them.
+DATASET_FOLDERS = tuple(reversed(paths.LABELS))
 BLOCK_BYTES = 1 << 16
 
 
@@ -195,27 +197,44 @@ def extract(archive: Path, target_dir: Path, *, max_bytes: int, report: ExtractR
     return report
 
 
-def _has_classes(folder: Path) -> bool:
-    return all((folder / label).is_dir() for label in paths.LABELS)
+def _has_classes(folder: Path, labels: Sequence[str]) -> bool:
+    return all((folder / label).is_dir() for label in labels)
 
 
-def find_dataset_root(folder: Path) -> Path:
-    """The folder holding Positive/ and Negative/: ``folder`` itself or one wrapper folder below it."""
-    if _has_classes(folder):
+def _listed(labels: Sequence[str]) -> str:
+    names = [f"{label}/" for label in labels]
+    return names[0] if len(names) == 1 else f"{', '.join(names[:-1])} and {names[-1]}"
+
+
+def find_dataset_root(folder: Path, labels: Sequence[str] = DATASET_FOLDERS) -> Path:
+    """The folder holding ``labels`` (by default Positive/ and Negative/): ``folder`` itself or one wrapper below it."""
+    if _has_classes(folder, labels):
         return folder
-    candidates = sorted(d for d in folder.iterdir() if d.is_dir() and _has_classes(d)) if folder.is_dir() else []
+    children = folder.iterdir() if folder.is_dir() else ()
+    candidates = sorted(d for d in children if d.is_dir() and _has_classes(d, labels))
     if len(candidates) == 1:
         return candidates[0]
     if candidates:
         names = ", ".join(d.name for d in candidates)
-        raise ArchiveError(f"{folder}: several folders hold Positive/ and Negative/ ({names}); expected one")
-    raise ArchiveError(f"{folder}: no Positive/ and Negative/ folders found (at top level or one folder down)")
+        raise ArchiveError(f"{folder}: several folders hold {_listed(labels)} ({names}); expected one")
+    raise ArchiveError(f"{folder}: no {_listed(labels)} folders found (at top level or one folder down)")
 
 
-def _inner_rar(folder: Path) -> Path | None:
-    """The largest .rar in an extracted zip (the whole-dataset zip holds one)."""
-    rars = [p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() == ".rar"]
-    return max(rars, key=lambda p: p.stat().st_size) if rars else None
+def find_inner_archive(folder: Path, suffix: str) -> Path | None:
+    """The largest ``*<suffix>`` file under an extracted archive: the real one, when the download wraps it."""
+    found = [p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() == suffix.lower()]
+    return max(found, key=lambda p: p.stat().st_size) if found else None
+
+
+def extract_inner(inner: Path, target_dir: Path, max_bytes: int, report: ExtractReport) -> Path:
+    """Extract an archive found in an extracted one into ``<target_dir>/<stem>.extracted``, then delete it.
+
+    ``report`` goes on counting, so the cap covers both levels; returns the new folder.
+    """
+    inner_dir = target_dir / f"{inner.stem}.extracted"
+    extract(inner, inner_dir, max_bytes=max_bytes, report=report)
+    inner.unlink()  # free the disk; its bytes stay counted, as the cap is on bytes written
+    return inner_dir
 
 
 def extract_dataset(
@@ -230,7 +249,7 @@ def extract_dataset(
     try:
         return find_dataset_root(target_dir), report
     except ArchiveError:
-        inner = _inner_rar(target_dir)
+        inner = find_inner_archive(target_dir, ".rar")
         if inner is None:
             raise
     if inner_sha256 is not None:
@@ -240,7 +259,4 @@ def extract_dataset(
                 f"{inner.name} inside {archive.name}: expected sha256 {inner_sha256}, got {got}; "
                 "the archive is corrupt or not the expected dataset"
             )
-    inner_dir = target_dir / f"{inner.stem}.extracted"
-    extract(inner, inner_dir, max_bytes=max_bytes, report=report)
-    inner.unlink()  # free the disk; its bytes stay counted, as the cap is on bytes written
-    return find_dataset_root(inner_dir), report
+    return find_dataset_root(extract_inner(inner, target_dir, max_bytes, report)), report

@@ -72,10 +72,20 @@ def _advised(message: str, advice: str) -> str:
     return f"{message}. {advice}" if advice else f"{message}."
 
 
-def sha256_file(path: Path) -> str:
-    """Hex sha256 of a file, streamed so a large archive never sits in memory."""
+def file_digest(path: Path, algorithm: str = "sha256") -> str:
+    """Hex digest of a file in ``algorithm``, streamed so a large archive never sits in memory."""
     with Path(path).open("rb") as handle:
-        return hashlib.file_digest(handle, "sha256").hexdigest()
+        return hashlib.file_digest(handle, algorithm).hexdigest()
+
+
+def sha256_file(path: Path) -> str:
+    """Hex sha256 of a file, streamed."""
+    return file_digest(path, "sha256")
+
+
+def matches_checksum(path: Path, checksum: str | None, algorithm: str = "sha256") -> bool:
+    """Whether ``path`` is a file with that digest; with no ``checksum``, whether it is a file at all."""
+    return Path(path).is_file() and (checksum is None or file_digest(path, algorithm) == checksum.lower())
 
 
 def unreachable_reason(exc: BaseException) -> str | None:
@@ -224,11 +234,24 @@ def _fetch_part(
     )
 
 
+def _expected_digest(sha256: str | None, checksum: str | None, algorithm: str) -> tuple[str | None, str]:
+    """The digest to verify against (None: unverified) and its algorithm."""
+    if sha256 and checksum:
+        raise TypeError("download(): pass sha256= or checksum=, not both")
+    if sha256:
+        return sha256.lower(), "sha256"
+    if algorithm not in hashlib.algorithms_guaranteed:
+        raise ValueError(f"download(): unknown checksum algorithm {algorithm!r}")
+    return (checksum.lower() if checksum else None), algorithm
+
+
 def download(
     url: str,
     dest: Path,
     *,
-    sha256: str | None,
+    sha256: str | None = None,
+    checksum: str | None = None,
+    algorithm: str = "sha256",
     expected_size: int | None,
     retries: int,
     timeout_s: float,
@@ -238,17 +261,20 @@ def download(
 ) -> Path:
     """Download ``url`` to ``dest``; resumable, retried, and verified before it gets its name.
 
+    The file is verified against ``checksum``, a hex digest in ``algorithm`` (any of
+    hashlib's guaranteed ones; some hosts publish only an MD5); ``sha256=`` is short for
+    ``checksum=..., algorithm="sha256"``. With neither, the file is not verified.
     ``advice`` ends every error message (default: mirror, manual download to ``dest``,
     ``make demo``). An existing ``dest`` whose checksum matches (or any existing ``dest``
-    when ``sha256`` is None) is used without network.
+    when unverified) is used without network.
     """
     dest = Path(dest)
-    sha256 = sha256.lower() if sha256 else None
+    checksum, algorithm = _expected_digest(sha256, checksum, algorithm)
     advice = default_advice(dest) if advice is None else advice
+    if matches_checksum(dest, checksum, algorithm):
+        return dest
     if dest.is_file():
-        if sha256 is None or sha256_file(dest) == sha256:
-            return dest
-        log.warning("%s exists but its sha256 does not match; downloading it again", dest)
+        log.warning("%s exists but its %s does not match; downloading it again", dest, algorithm)
     part = dest.with_suffix(dest.suffix + ".part")
     try:
         dest.parent.mkdir(parents=True, exist_ok=True)
@@ -268,13 +294,13 @@ def download(
         raise DownloadError(
             _advised(f"download failed: {url} gave {size} bytes, expected {expected_size}", advice), url=url, kind="size"
         )
-    if sha256 is not None:
-        got = sha256_file(part)
-        if got != sha256:
+    if checksum is not None:
+        got = file_digest(part, algorithm)
+        if got != checksum:
             part.unlink()
             raise DownloadError(
                 _advised(
-                    f"checksum mismatch for {url}: expected sha256 {sha256}, got {got}; the file was deleted. "
+                    f"checksum mismatch for {url}: expected {algorithm} {checksum}, got {got}; the file was deleted. "
                     "The upstream file may have changed or been corrupted in transit",
                     advice,
                 ),

@@ -72,6 +72,8 @@ def cap_per_class(items: list[Item], max_per_class: int | None, seed: int, caps:
     splits by parent.
     """
     caps = caps or {}
+    if max_per_class is None and not caps:
+        return items
     rng = random.Random(seed)
     capped: list[Item] = []
     for source, members in by_source(items).items():

@@ -13,7 +13,7 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from crackcls.data.images import SkipReport, iter_images
+from crackcls.data.images import SkipReport, dataset_folders, iter_images
 from crackcls.data.splitting import Item
 from crackcls.model.inference import score_files
 from crackcls.trust import familiarity, intervals
@@ -88,14 +88,22 @@ def source_metrics(result: Evaluation) -> dict[str, dict[str, float]]:
 
 
 def labelled_folder(folder: Path) -> list[Item]:
-    """Items from a folder holding Positive/ and Negative/ (searched recursively)."""
-    missing = [name for name in paths.LABELS if not (folder / name).is_dir()]
-    if missing:
-        raise CrackclsError(f"{folder} must hold Positive/ and Negative/ subfolders (missing: {', '.join(missing)})")
+    """Items from a folder holding Positive/ and Negative/ (searched recursively), or sub-folders that each do.
+
+    Each sub-folder of a folder of datasets (SDNET2018's ``decks/``, ``walls/``, ...) is a
+    source, so its metrics are reported on their own.
+    """
+    subsets = dataset_folders(folder)
+    roots = subsets.items() if subsets else [("", folder)]
+    for _, root in roots:
+        missing = [name for name in paths.LABELS if not (root / name).is_dir()]
+        if missing:
+            raise CrackclsError(f"{root} must hold Positive/ and Negative/ subfolders (missing: {', '.join(missing)})")
     items = [
-        Item(str(p.resolve()), label, "")
+        Item(str(p.resolve()), label, "", source)
+        for source, root in roots
         for label, name in enumerate(paths.LABELS)
-        for p in iter_images(folder / name)
+        for p in iter_images(root / name)
     ]
     if not items:
         raise CrackclsError(f"{folder} holds no images under Positive/ or Negative/")

@@ -1,15 +1,14 @@
 """DVC stage ``fetch``: put every source of ``data.sources`` into ``data/raw/<source>``.
 
-A public set (``mendeley``, ``sdnet2018``) is downloaded, verified and extracted; a
-folder source (the bundled samples among them) is copied with hard links. A source
-already in place from the same settings is kept as it is. Folders of sources no longer
-listed are removed, so ``data/raw`` holds exactly what params.yaml names. The work is
+A public set (``mendeley``, ``sdnet2018``) is downloaded (or its verified archive reused),
+verified and extracted; a folder source (the bundled samples among them) is copied with
+hard links. Folders of sources no longer listed are removed, so ``data/raw`` holds
+exactly what params.yaml names. The work is
 :mod:`crackcls.data.fetching` and :mod:`crackcls.data.sdnet`. Writes ``reports/fetch.json``.
 """
 
 from __future__ import annotations
 
-import json
 import shutil
 from pathlib import Path
 
@@ -21,10 +20,6 @@ from crackcls.util import atomic, paths
 from crackcls.util.errors import user_errors_exit
 
 REPORT_FILE = paths.REPORTS_DIR / "fetch.json"
-
-
-# Written into each fetched source's folder (hidden: image listings skip it).
-STAMP_FILE = ".fetched.json"
 
 
 def run(config: Config, workspace: Path) -> dict:
@@ -39,10 +34,7 @@ def run(config: Config, workspace: Path) -> dict:
 
 
 def fetch_source(source: SourceConfig, download: DownloadConfig, workspace: Path, dest: Path) -> dict:
-    """One source into ``dest``, unless the same settings already put it there; returns its fetch record."""
-    stamp = _stamp(source, download)
-    if source.kind != "folder" and _stamp_of(dest) == stamp:
-        return {"kind": source.kind, **class_stats(dest), "skipped_entries": [], "reused": True}
+    """One source into ``dest``, swapped in whole; returns its fetch record."""
     skipped: list[dict[str, str]] = []
     if source.kind == "mendeley":
         skipped = fetch_mendeley(download, workspace, dest).skipped
@@ -50,20 +42,7 @@ def fetch_source(source: SourceConfig, download: DownloadConfig, workspace: Path
         skipped = fetch_sdnet2018(download, workspace, dest).skipped
     else:
         copy_dataset(paths.resolve(source.path or "", workspace), dest)
-    atomic.write_json(dest / STAMP_FILE, stamp)
-    return {"kind": source.kind, **class_stats(dest), "skipped_entries": skipped, "reused": False}
-
-
-def _stamp(source: SourceConfig, download: DownloadConfig) -> dict:
-    settings = getattr(download, source.kind).model_dump() if source.kind != "folder" else {"path": source.path}
-    return {"kind": source.kind, "settings": settings}
-
-
-def _stamp_of(dest: Path) -> dict | None:
-    try:
-        return json.loads((dest / STAMP_FILE).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
+    return {"kind": source.kind, **class_stats(dest), "skipped_entries": skipped}
 
 
 def remove_unlisted(raw: Path, names: set[str]) -> None:
@@ -80,7 +59,7 @@ def main() -> None:
     report = run(load_config(), paths.workspace_root())
     for name, record in report["sources"].items():
         counts = ", ".join(f"{n} {label}" for label, n in record["files"].items())
-        how = "already in place" if record["reused"] else f"{len(record['skipped_entries'])} archive entries skipped"
+        how = f"{len(record['skipped_entries'])} archive entries skipped"
         subsets = f" ({', '.join(record['subsets'])})" if record.get("subsets") else ""
         print(f"fetch: {name}{subsets} -> {(paths.RAW_DIR / name).as_posix()}: {counts}; {how}")
 

@@ -66,6 +66,8 @@ def main() -> None:
     for name, counts in report["sources"].items():
         if counts.get("parents"):
             print(f"split: {name}: {counts['parents']} parent photos, each in one split")
+        if not counts["test"]["total"]:
+            print(f"split: WARNING: {name} has no test images; the test metrics say nothing about it")
 
 
 if __name__ == "__main__":
