@@ -98,7 +98,7 @@ def run_fit(project: Path) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", type=Path, default=REPO_ROOT / "sample")
+    parser.add_argument("--data", type=Path, default=REPO_ROOT / "sample" / "mendeley")
     parser.add_argument("--backbone", default="compact_cnn", help="trained from scratch (weights: none)")
     parser.add_argument("--per-class", type=int, default=100)
     parser.add_argument("--size", type=int, default=64)

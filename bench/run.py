@@ -526,7 +526,7 @@ def scan_rows(scan: dict) -> list[str]:
 
 
 def run_scan_parts(args: argparse.Namespace, data: Path, scratch: Path) -> dict:
-    unseen = unseen_sample(data, REPO_ROOT / "sample", scratch / "unseen")
+    unseen = unseen_sample(data, REPO_ROOT / "sample" / "mendeley", scratch / "unseen")
     results: dict = {"speed": []}
     for spec in args.scan_backbones:
         backbone, size = spec.split(":")
@@ -778,7 +778,7 @@ def main() -> None:
     if args.quick:
         args.size, args.epochs, args.predict_images, args.split_copies = 64, [2, 3], 64, 2
         args.scratch_size, args.scratch_epochs, args.frozen_epochs = 48, 2, 2
-    data = args.data or (SHARED_SAMPLE if (SHARED_SAMPLE / "Positive").is_dir() else REPO_ROOT / "sample")
+    data = args.data or (SHARED_SAMPLE if (SHARED_SAMPLE / "Positive").is_dir() else REPO_ROOT / "sample" / "mendeley")
     scratch = Path(tempfile.mkdtemp(prefix="crackcls-bench-"))
     if args.trust:
         try:

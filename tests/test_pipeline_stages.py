@@ -10,6 +10,8 @@ import pytest
 from conftest import SDNET_SURFACES, build_tiny_project, run_pipeline_in_process, use_project_store
 
 from crackcls.data import manifest
+from crackcls.model import runtime
+from crackcls.model.inference import load_model_file
 from crackcls.tracking import lineage, store
 
 
@@ -78,6 +80,9 @@ def test_stages_produce_reports_and_register_a_challenger(two_source_project):
     assert run.data.params["train.epochs"] == "3"
     assert "test_f1" in run.data.metrics and "val_loss" in run.data.metrics
     assert run.data.params["data.sources"] == "mendeley,sdnet2018"
+    # from scratch on a CPU with bfloat16 instructions it trains in bfloat16; it is saved in float32 either way
+    assert run.data.params["training_precision"] == ("mixed_bfloat16" if runtime.cpu_has_bfloat16() else "float32")
+    assert load_model_file(tiny_project / "models/model.keras").dtype_policy.name == "float32"
     for source in tested:
         assert run.data.metrics[f"test_sources.{source}.accuracy"] == pytest.approx(metrics["sources"][source]["accuracy"])
     assert run.data.tags["stage"] == "train"

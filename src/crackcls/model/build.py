@@ -64,11 +64,15 @@ def compact_cnn(
     weights: str | None = None,
     input_shape: tuple[int, int, int] = (96, 96, 3),
     filters: tuple[int, ...] = COMPACT_FILTERS,
+    stem_stride: int = 1,
 ) -> keras.Model:
     """Four Conv-BatchNorm-ReLU-MaxPool blocks: enough for crack texture, small enough for a CPU.
 
-    Same call signature as a Keras application (no top), so it plugs in beside them;
-    ``weights`` is None or a weights file of this same architecture.
+    ``stem_stride=2`` makes the first block convolve with stride 2 instead of pooling: the
+    same shapes from then on, but the costliest activations (full resolution, in training
+    with their gradients) are never computed. Same call signature as a Keras application
+    (no top), so it plugs in beside them; ``weights`` is None or a weights file of this same
+    architecture.
     """
     if include_top:
         raise ValueError("compact_cnn is a feature extractor; it has no classification top")
@@ -79,10 +83,12 @@ def compact_cnn(
     inputs = keras.Input(shape=input_shape, name="compact_input")
     x = inputs
     for block, width in enumerate(filters, start=1):
-        x = layers.Conv2D(width, 3, padding="same", use_bias=False, name=f"block{block}_conv")(x)
+        strided = block == 1 and stem_stride == 2
+        x = layers.Conv2D(width, 3, strides=2 if strided else 1, padding="same", use_bias=False, name=f"block{block}_conv")(x)
         x = layers.BatchNormalization(name=f"block{block}_bn")(x)
         x = layers.ReLU(name=f"block{block}_relu")(x)
-        x = layers.MaxPooling2D(name=f"block{block}_pool")(x)
+        if not strided:
+            x = layers.MaxPooling2D(name=f"block{block}_pool")(x)
     model = keras.Model(inputs, x, name="compact_cnn")
     if weights not in (None, "none"):
         if weights == "imagenet":
@@ -112,9 +118,10 @@ def build_backbone(config: ModelConfig) -> keras.Model:
     if weights not in (None, "imagenet"):
         weights = str(paths.resolve(weights))
     size = config.image_size
-    return spec.build(
-        include_top=False, weights=weights, input_shape=(size, size, 3), **spec.options
-    )
+    options = dict(spec.options)
+    if config.backbone == "compact_cnn":
+        options.update(filters=tuple(config.compact.filters), stem_stride=config.compact.stem_stride)
+    return spec.build(include_top=False, weights=weights, input_shape=(size, size, 3), **options)
 
 
 def augmentation(train: TrainConfig) -> list[layers.Layer]:
@@ -185,6 +192,15 @@ def build_model(model_cfg: ModelConfig, train_cfg: TrainConfig) -> CrackModel:
         augment=augment,
         preprocess=preprocess,
     )
+
+
+def rebuilt(crack: CrackModel, model_cfg: ModelConfig, train_cfg: TrainConfig) -> CrackModel:
+    """The trained weights in a freshly built float32 model: outside any distribution strategy and any
+    mixed-precision policy, so what is saved, calibrated and served is the same on every machine."""
+    keras.mixed_precision.set_global_policy("float32")
+    plain = build_model(model_cfg, train_cfg)
+    plain.model.set_weights(crack.model.get_weights())
+    return plain
 
 
 def batchnorm_layers(model: keras.Model) -> list[layers.BatchNormalization]:

@@ -31,7 +31,7 @@ import tensorflow as tf
 from crackcls.data.pipeline import image_dataset
 from crackcls.data.splitting import Item
 from crackcls.model import runtime
-from crackcls.model.build import CrackModel, adam, build_model, from_scratch, learning_rate_schedule, unfreeze_top
+from crackcls.model.build import CrackModel, adam, build_model, from_scratch, learning_rate_schedule, rebuilt, unfreeze_top
 from crackcls.model.settings import ModelConfig, TrainConfig
 from crackcls.model.training import EpochHook, Trained, merge_phases, new_model, recalibrate_batchnorm, split_items
 from crackcls.util.errors import CrackclsError
@@ -256,7 +256,7 @@ class Cluster:
         trained = Trained(crack, merged, len(phases[0][1]["loss"]) if len(phases) > 1 else None, metrics, params)
         if not me.is_chief:
             return trained
-        trained.crack = _plain_copy(crack, model, train)
+        trained.crack = rebuilt(crack, model, train)
         if scratch:
             metrics["batchnorm_recalibration_images"] = recalibrate_batchnorm(trained.crack, model, train, train_items, workspace)
         return trained
@@ -274,13 +274,3 @@ def cluster() -> Iterator[Cluster]:
     _barrier(strategy)
 
 
-def _plain_copy(crack: CrackModel, model: ModelConfig, train: TrainConfig) -> CrackModel:
-    """The trained weights in a model built outside the strategy, for what runs on the chief alone.
-
-    Recomputing BatchNorm statistics, post-train fitting, saving, and MLflow's signature
-    inference then touch ordinary variables, with no collective that the other workers
-    would have to join.
-    """
-    plain = build_model(model, train)
-    plain.model.set_weights(crack.model.get_weights())
-    return plain

@@ -18,6 +18,7 @@ from crackcls.util.schema import Section
 Backbone = Literal["compact_cnn", "mobilenet_v2", "mobilenet_v3_small", "mobilenet_v3_large", "resnet50", "efficientnet_b0"]
 BACKBONES: tuple[str, ...] = Backbone.__args__  # type: ignore[attr-defined]
 Schedule = Literal["cosine", "constant"]
+Precision = Literal["auto", "float32", "mixed_bfloat16", "mixed_float16"]
 
 
 # Smallest input each Keras application accepts with include_top=False; the upper
@@ -26,12 +27,28 @@ MIN_IMAGE_SIZE = 32
 MAX_IMAGE_SIZE = 1024
 
 
+class CompactConfig(Section):
+    """The shape of ``compact_cnn``; unused by the ImageNet backbones."""
+
+    filters: list[int] = Field(default=[32, 64, 128, 128], min_length=2, max_length=6, description="one block each")
+    # 2: the first block convolves with stride 2 instead of pooling (same shapes after it, much less compute)
+    stem_stride: Literal[1, 2] = 1
+
+    @field_validator("filters")
+    @classmethod
+    def _widths(cls, value: list[int]) -> list[int]:
+        if any(not 4 <= width <= 1024 for width in value):
+            raise ValueError("each block's width must be between 4 and 1024 filters")
+        return value
+
+
 class ModelConfig(Section):
     backbone: Backbone = "mobilenet_v2"
     weights: str = "imagenet"
     image_size: int = 224
     dropout: float = Field(default=0.2, ge=0, lt=1)
     fine_tune_layers: int = Field(default=0, ge=0)
+    compact: CompactConfig = CompactConfig()
 
     @field_validator("image_size")
     @classmethod
@@ -88,4 +105,6 @@ class TrainConfig(Section):
     scratch: ScratchConfig = ScratchConfig()
     # weights per image so that no source or class drowns the others (crackcls.data.balance)
     balance: Balance = "source_class"
+    # compute precision while training (crackcls.model.runtime); saved models are float32 either way
+    precision: Precision = "auto"
     seed: int = 42

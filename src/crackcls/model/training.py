@@ -34,6 +34,7 @@ from crackcls.model.build import (
     compile_binary,
     from_scratch,
     learning_rate_schedule,
+    rebuilt,
     unfreeze_top,
 )
 from crackcls.model.settings import ModelConfig, TrainConfig
@@ -73,9 +74,9 @@ class Saved:
 
 
 @contextlib.contextmanager
-def single_process() -> Iterator[None]:
+def single_process(model: ModelConfig, train: TrainConfig) -> Iterator[None]:
     """Precision, op determinism and the device strategy (several GPUs: MirroredStrategy) of one process."""
-    runtime.configure_precision()
+    runtime.configure_precision(train.precision, scratch=from_scratch(model))
     tf.config.experimental.enable_op_determinism()
     with runtime.strategy().scope():
         yield
@@ -96,6 +97,7 @@ def new_model(model: ModelConfig, train: TrainConfig, workspace: Path) -> CrackM
 def fit(model: ModelConfig, train: TrainConfig, workspace: Path, on_epoch: EpochHook | None = None) -> Trained:
     """Train a new classifier on the train split, early-stopping on the validation split."""
     crack = new_model(model, train, workspace)
+    precision = keras.mixed_precision.global_policy().name
     items = split_items(workspace, "train"), split_items(workspace, "val")
     callbacks = _callbacks(train.patience, bool(items[1]), on_epoch)
     started = time.perf_counter()
@@ -104,6 +106,7 @@ def fit(model: ModelConfig, train: TrainConfig, workspace: Path, on_epoch: Epoch
     scratch = from_scratch(model)
     if scratch:
         phases = [("scratch", _fit_on_images(crack, model, train, items, workspace, callbacks, 0, train.epochs, scratch=True))]
+        crack = in_float32(crack, model, train)  # BatchNorm statistics of the model that is saved
         metrics["batchnorm_recalibration_images"] = recalibrate_batchnorm(crack, model, train, items[0], workspace)
     elif train.feature_cache:
         phases = [("frozen", _fit_head_on_cache(crack, model, train, workspace, callbacks, items[0]))]
@@ -118,7 +121,15 @@ def fit(model: ModelConfig, train: TrainConfig, workspace: Path, on_epoch: Epoch
         phases.append(("fine_tune", fine_tune))
     history = merge_phases(phases)
     metrics.update(training_time_s=round(time.perf_counter() - started, 2), epochs_trained=len(history["loss"]))
-    return Trained(crack, history, frozen_epochs if len(phases) > 1 else None, metrics, params)
+    params["training_precision"] = precision
+    return Trained(in_float32(crack, model, train), history, frozen_epochs if len(phases) > 1 else None, metrics, params)
+
+
+def in_float32(crack: CrackModel, model: ModelConfig, train: TrainConfig) -> CrackModel:
+    """``crack`` itself when it computes in float32, else its weights in a float32 copy."""
+    if crack.model.dtype_policy.name == "float32":
+        return crack
+    return rebuilt(crack, model, train)
 
 
 def split_items(workspace: Path, split: str) -> list:

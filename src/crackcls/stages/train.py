@@ -22,7 +22,7 @@ def run(config: Config, workspace: Path) -> dict:
     """Train under the strategy the machine calls for, then post-train fit, save, log and register."""
     run_name = f"{config.model.backbone}-{config.model.image_size}px"
     if not distributed.multi_worker():
-        with training.single_process():
+        with training.single_process(config.model, config.train):
             return fit_save_and_register(config, workspace, training.fit, run_name, runtime.describe())
     with distributed.cluster() as cluster:
         if not cluster.is_chief:  # trains in sync; the chief writes the outputs
