@@ -160,3 +160,27 @@ def test_balance_weights_even_out_sources_and_classes():
     by_class = weight_shares(items, balance_weights(items, "class"))
     assert by_class["decks/positive"] + by_class["mendeley/positive"] == pytest.approx(0.5)
     assert balance_weights(items, "none") is None
+
+
+def test_split_stage_warns_when_a_source_has_too_few_parents_for_the_test_split(tmp_path, monkeypatch, capsys):
+    import shutil
+
+    import yaml
+    from conftest import REPO_ROOT
+
+    from crackcls.stages import fetch, split
+
+    project = tmp_path / "project"
+    for label in ("Positive", "Negative"):
+        (project / "site" / label).mkdir(parents=True)
+        images = sorted((REPO_ROOT / "sample" / "mendeley" / label).glob("*.jpg"))
+        for i, image in enumerate(images[:6]):  # two parent photos of three tiles per class
+            shutil.copy(image, project / "site" / label / f"photo{i % 2}-{i}.jpg")
+    site = {"name": "site", "path": "site", "parent_pattern": r"^(?P<parent>photo\d)-\d+$"}
+    (project / "params.yaml").write_text(yaml.safe_dump({"data": {"sources": [site]}}))
+    monkeypatch.chdir(project)
+    fetch.main()
+    split.main()
+    out = capsys.readouterr().out
+    assert "split: site: 2 parent photos, each in one split" in out
+    assert "split: WARNING: site has no test images" in out
