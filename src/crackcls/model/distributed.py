@@ -31,7 +31,7 @@ import tensorflow as tf
 from crackcls.data.pipeline import image_dataset
 from crackcls.data.splitting import Item
 from crackcls.model import runtime
-from crackcls.model.build import CrackModel, adam, build_model, from_scratch, learning_rate_schedule, rebuilt, unfreeze_top
+from crackcls.model.build import adam, from_scratch, learning_rate_schedule, rebuilt, unfreeze_top
 from crackcls.model.settings import ModelConfig, TrainConfig
 from crackcls.model.training import EpochHook, Trained, merge_phases, new_model, recalibrate_batchnorm, split_items
 from crackcls.util.errors import CrackclsError
