@@ -14,7 +14,7 @@ from tqdm import tqdm
 
 from crackcls.data.download import sha256_file
 from crackcls.data.images import SkipReport, dataset_folders, iter_images, probe
-from crackcls.data.settings import SourceConfig
+from crackcls.data.settings import SourceConfig, repeated
 from crackcls.data.splitting import Item
 from crackcls.util import paths
 from crackcls.util.errors import CrackclsError
@@ -127,6 +127,6 @@ def source_folders(sources: list[SourceConfig], workspace: Path) -> list[SourceF
     if any((field_dir / name).is_dir() and any(iter_images(field_dir / name)) for name in paths.LABELS):
         folders.append(SourceFolder(field_dir, FIELD_SOURCE))
     names = [folder.source for folder in folders]
-    if twice := sorted({n for n in names if names.count(n) > 1}):
+    if twice := repeated(names):
         raise CrackclsError(f"two sources hold a sub-folder named {', '.join(twice)}; rename one so their metrics stay apart")
     return folders

@@ -156,6 +156,11 @@ class SourceConfig(Section):
         return re.compile(self.parent_pattern) if self.parent_pattern else None
 
 
+def repeated(names: list[str]) -> list[str]:
+    """The names that occur more than once, sorted."""
+    return sorted({name for name in names if names.count(name) > 1})
+
+
 def folder_problem(folder: Path) -> str | None:
     """Why ``folder`` cannot be a folder source, or None; it is a dataset or a folder of datasets."""
     if not folder.is_dir():
@@ -225,7 +230,7 @@ class DataConfig(Section):
     @classmethod
     def _unique(cls, value: list[SourceConfig]) -> list[SourceConfig]:
         names = [source.name for source in value]
-        if twice := sorted({n for n in names if names.count(n) > 1}):
+        if twice := repeated(names):
             raise ValueError(f"source name(s) {', '.join(twice)} listed twice; give each source its own name")
         if "field" in names:
             raise ValueError("'field' is the field-images folder (data/field), always a source; pick another name")

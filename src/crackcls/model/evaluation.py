@@ -17,7 +17,7 @@ from crackcls.data.images import SkipReport, dataset_folders, iter_images
 from crackcls.data.splitting import Item
 from crackcls.model.inference import score_files
 from crackcls.trust import familiarity, intervals
-from crackcls.trust.metrics import classification_metrics, json_safe, pr_points, roc_points
+from crackcls.trust.metrics import SOURCE_HEADLINE, classification_metrics, json_safe, pr_points, roc_points
 from crackcls.util import atomic, paths, plots, progress
 from crackcls.util.errors import CrackclsError
 from crackcls.util.tables import csv_text
@@ -246,18 +246,15 @@ def metrics_text(title: str, metrics: dict[str, float]) -> str:
     return "\n".join(lines)
 
 
-SOURCE_COLUMNS = ("accuracy", "balanced_accuracy", "recall", "precision", "roc_auc")
-
-
 def sources_text(by_source: dict[str, dict[str, float]]) -> str:
     """One row per source: n and each headline metric with its 95% interval."""
     if not by_source:
         return ""
-    header = f"  {'source':<12} {'n':>6}  " + "  ".join(f"{key:<25}" for key in SOURCE_COLUMNS)
+    header = f"  {'source':<12} {'n':>6}  " + "  ".join(f"{key:<25}" for key in SOURCE_HEADLINE)
     lines = ["per source (95% intervals)", header.rstrip()]
     for name, metrics in by_source.items():
         cells = []
-        for key in SOURCE_COLUMNS:
+        for key in SOURCE_HEADLINE:
             value = metrics.get(key)
             text = "n/a" if value is None or (isinstance(value, float) and np.isnan(value)) else f"{value:.3f}"
             interval = intervals.format_interval(metrics, key)

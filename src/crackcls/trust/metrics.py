@@ -48,6 +48,10 @@ def _balanced_accuracy(tp: int, fp: int, tn: int, fn: int) -> float:
     return float(sum(recalls) / len(recalls))
 
 
+# the figures shown per source (printed report, model card)
+SOURCE_HEADLINE = ("accuracy", "balanced_accuracy", "recall", "precision", "roc_auc")
+
+
 def json_safe(values: dict[str, float]) -> dict[str, float | None]:
     """NaN is not JSON; DVC and MLflow get null (or nothing) instead."""
     return {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in values.items()}

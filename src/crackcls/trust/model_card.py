@@ -13,10 +13,10 @@ from pathlib import Path
 
 from crackcls.data import manifest
 from crackcls.trust.intervals import format_interval
+from crackcls.trust.metrics import SOURCE_HEADLINE
 
 CARD_FILE = "model_card.md"
 INTERVAL_METRICS = ("accuracy", "balanced_accuracy", "precision", "recall", "f1", "roc_auc")
-SOURCE_METRICS = ("accuracy", "balanced_accuracy", "recall", "precision", "roc_auc")
 
 INTENDED_USE = (
     "Screening close-up photos of concrete surfaces (tiles of about 227 to 256 px, as in the "
@@ -79,10 +79,10 @@ def render(
     lines += ["", f"## Test split ({_value(test.get('n'))} images)", ""]
     lines += _metric_rows(test)
     if sources:
-        lines += ["", "### Per source", "", "| source | n | " + " | ".join(SOURCE_METRICS) + " |"]
-        lines.append("|---|---|" + "---|" * len(SOURCE_METRICS))
+        lines += ["", "### Per source", "", "| source | n | " + " | ".join(SOURCE_HEADLINE) + " |"]
+        lines.append("|---|---|" + "---|" * len(SOURCE_HEADLINE))
         for source, m in sources.items():
-            cells = [f"{_value(m.get(key))} {format_interval(m, key)}".rstrip() for key in SOURCE_METRICS]  # type: ignore[arg-type]
+            cells = [f"{_value(m.get(key))} {format_interval(m, key)}".rstrip() for key in SOURCE_HEADLINE]  # type: ignore[arg-type]
             lines.append(f"| {source} | {_value(m.get('n'))} | " + " | ".join(cells) + " |")
     target = decision.get("target_recall")
     lines += [
