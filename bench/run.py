@@ -4,6 +4,7 @@
     python bench/run.py --quick              # a smoke run on the bundled sample
     python bench/run.py --trust              # only the trust figures: recall threshold, calibration, familiarity
     python bench/run.py --sources            # only the two-source figures: Mendeley + SDNET2018, split by parent
+    python bench/run.py --familiarity        # only the familiarity figures (bench/familiarity.py) on a Mendeley-only model
 
 Each part runs in its own subprocess so its peak RSS is its own. Results are
 printed as a table and written to bench/results/bench.json.
@@ -734,6 +735,8 @@ def main() -> None:
     parser.add_argument("--trust", action="store_true", help="run only the trust figures (threshold, calibration, familiarity)")
     parser.add_argument("--trust-backbone", default="compact_cnn")
     parser.add_argument("--sources", action="store_true", help="run only the two-source figures (Mendeley + SDNET2018)")
+    parser.add_argument("--familiarity", action="store_true",
+                        help="run only the familiarity figures: a Mendeley-only model, then bench/familiarity.py on it")
     parser.add_argument("--target-recall", type=float, default=0.99)
     parser.add_argument("--scan-backbones", nargs="+", default=["compact_cnn:96", "mobilenet_v2:224"], metavar="BACKBONE:SIZE",
                         help="models timed while scanning 12 MP photos")  # fmt: skip
@@ -800,6 +803,15 @@ def main() -> None:
     if args.sources:
         try:
             run_sources(args, data, scratch)
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
+        return
+    if args.familiarity:
+        try:
+            project = make_project(scratch / "mendeley_only", data, args.scratch_size, args.scratch_epochs, args.batch)
+            run_part("sources", "--project", str(project), "--overrides", json.dumps(sources_params(data, None, {})))
+            subprocess.run([sys.executable, str(REPO_ROOT / "bench" / "familiarity.py"), "--project", str(project),
+                            "--out", str(args.out.with_name("familiarity.json"))], check=True)  # fmt: skip
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
         return

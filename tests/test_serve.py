@@ -93,9 +93,21 @@ def test_an_unreadable_image_gets_an_error_row_not_a_failed_request(server):
     assert good["error"] is None and good["label"] in ("crack", "no_crack")
     assert random_bytes == {
         "label": None, "crack_probability": None, "threshold": 0.5, "familiarity": None, "unfamiliar": None,
-        "error": "not an image",
-    }
+        "error": "not an image", "set_shift": None, "set_shift_p_value": None, "set_shift_median_ratio": None,
+    }  # three images are too few for the set-level shift test
     assert not_base64["error"] == "not base64" and not_base64["label"] is None
+
+
+def test_a_batch_request_carries_the_set_level_shift_test_of_crackcls_predict(project, server, monkeypatch):
+    batch = sorted((REPO_ROOT / "sample" / "mendeley" / "Negative").glob("*.jpg"))[-24:]  # not trained on
+    response = invoke(server, {"dataframe_records": [{"image": encode_file(f)} for f in batch]})
+    assert response.status_code == 200, response.text
+    rows = response.json()["predictions"]
+    use_project_store(monkeypatch, project)
+    local = predict.run([str(f) for f in batch], MODEL_URI).shift
+    assert local is not None and local.tested
+    assert {row["set_shift"] for row in rows} == {local.shifted}
+    assert all(row["set_shift_p_value"] == pytest.approx(local.p_value, rel=1e-3) for row in rows)
 
 
 def test_threshold_can_be_set_per_request(server):

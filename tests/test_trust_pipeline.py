@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pytest
 
-from conftest import SHARED, trained_tiny_project, use_project_store
+from conftest import REPO_ROOT, SHARED, trained_tiny_project, use_project_store
 
 PAINTED_WALL = SHARED / "data" / "other-surfaces" / "painted-wall"
 TARGET = 0.9
@@ -108,3 +108,93 @@ def test_unfamiliar_surface_scores_higher_than_the_test_split(here):
     assert wall["familiarity_auroc"] > 0.6
     assert wall["unfamiliar_fraction"] > 0.1
     assert wall["accuracy_unfamiliar"] is not None and wall["accuracy_familiar"] is not None
+
+
+UNSEEN_MENDELEY = sorted((REPO_ROOT / "sample" / "mendeley" / "Negative").glob("*.jpg"))[200:260] + sorted(
+    (REPO_ROOT / "sample" / "mendeley" / "Positive").glob("*.jpg")
+)[200:260]  # the tiny project trains on the first 40 of each class
+
+
+def test_predict_says_shift_for_a_folder_of_painted_walls_and_not_for_unseen_in_domain_images(here):
+    from crackcls.jobs import predict
+
+    if not (PAINTED_WALL / "Positive").is_dir():
+        pytest.skip("shared painted-wall photos not available")
+    walls = predict.run([str(PAINTED_WALL)], KERAS_FILE)
+    assert walls.shift.shifted, walls.shift
+    assert f"SHIFT: these {len(walls.predictions)} images are unlike the training data (KS p = " in predict.summary(walls)
+    familiar = predict.run([str(p) for p in UNSEEN_MENDELEY], KERAS_FILE)
+    assert familiar.shift.tested and not familiar.shift.shifted, familiar.shift
+    assert "SHIFT" not in predict.summary(familiar) and "look like the training data" in predict.summary(familiar)
+    few = predict.run([str(p) for p in UNSEEN_MENDELEY[:5]], KERAS_FILE)
+    assert "too few to test" in predict.summary(few)
+
+
+def test_the_shipped_score_beats_the_previous_one_on_a_near_shift(here):
+    """SDNET2018 bridge-deck tiles (bundled) against unseen Mendeley images: concrete too, another camera."""
+    from sklearn.covariance import LedoitWolf
+
+    from crackcls.data import manifest
+    from crackcls.model.inference import load_model_file, predict_with_features
+    from crackcls.trust import companions, familiarity
+
+    model = load_model_file(here / KERAS_FILE)
+    reference = companions.of(model).familiarity
+    decks = sorted((REPO_ROOT / "sample" / "sdnet2018" / "decks").rglob("*.jpg"))[:120]
+    train = [it.path for it in manifest.read(manifest.manifest_path("train", here / "data/split"))]
+
+    def features(files):
+        _, ok, feats = predict_with_features(model, files, 32, base=here)
+        return feats[ok]
+
+    train_x, in_x, out_x = features(train), features(UNSEEN_MENDELEY), features(decks)
+    means = slice(0, sum(reference.layout.dims))  # the previous score: a Gaussian on the blocks' mean activations
+    gaussian = LedoitWolf().fit(train_x[:, means])
+    previous = familiarity.separation(gaussian.mahalanobis(in_x[:, means]), gaussian.mahalanobis(out_x[:, means]))
+    shipped = familiarity.separation(reference.score(in_x), reference.score(out_x))
+    assert shipped > previous, (shipped, previous)
+
+
+def test_evaluate_tests_every_set_as_a_whole_and_the_card_lists_it(here):
+    from crackcls.tracking import store
+    from crackcls.trust.shift import MIN_IMAGES
+
+    metrics = json.loads((here / "reports/metrics.json").read_text())
+    assert metrics["shift_n"] == metrics["n"]
+    assert ("shift_p_value" in metrics) is (metrics["n"] >= MIN_IMAGES)  # the tiny test split may be too small
+    if (PAINTED_WALL / "Positive").is_dir():
+        wall = metrics["extra_sets"]["painted-wall"]
+        assert wall["shift"] == 1.0 and wall["shift_p_value"] < 0.01
+        store.configure_uri_only()
+        run = store.client().get_run(json.loads((here / "models/run.json").read_text())["run_id"])
+        assert run.data.metrics["painted-wall_shift"] == 1.0
+        card = (here / "reports/model_card.md").read_text()
+        assert "| set shift test |" in card and "SHIFT (p = " in card
+        warnings = json.loads((here / "reports/domain_shift.json").read_text())["warnings"]
+        assert any(w.startswith("painted-wall: SHIFT: these ") for w in warnings)
+
+
+def test_scan_scores_each_tile_and_tests_the_tiles_as_a_set(here, tmp_path):
+    from PIL import Image
+
+    from conftest import build_mosaic
+    from crackcls.jobs import scan
+
+    mosaic = tmp_path / "in" / "mosaic.png"
+    mosaic.parent.mkdir()
+    Image.fromarray(build_mosaic(REPO_ROOT / "sample" / "mendeley", 6, 8, [(2, 2), (2, 3)], seed=5, skip=200)).save(mosaic)
+    result = scan.run([str(mosaic)], KERAS_FILE)
+    (photo,) = result.scans
+    assert photo.familiarity.shape == photo.probabilities.shape
+    row = photo.row()
+    assert row["familiarity"] == pytest.approx(float(np.median(photo.familiarity)), abs=1e-4)
+    assert row["unfamiliar"] is (row["familiarity"] > 1) and 0 <= row["unfamiliar_tiles"] <= 48
+    assert result.shift.n == 48 and not result.shift.shifted, result.shift
+    assert "these 48 tiles of 1 photo look like the training data" in scan.summary(result)
+    assert scan.render_tiles(result, "csv").splitlines()[0].endswith(",crack,familiarity")
+    assert scan.render(result, "table").splitlines()[0].split()[-3:] == ["familiarity", "unfamiliar", "unfamiliar_tiles"]
+    photos = SHARED / "data" / "sdnet2018-photos" / "Positive"
+    if photos.is_dir():  # a real bridge-deck photo: another camera, another scale
+        deck = scan.run([str(sorted(photos.glob("decks_*"))[0])], KERAS_FILE)
+        assert deck.shift.shifted and deck.scans[0].row()["unfamiliar"], deck.shift
+        assert f"SHIFT: these {deck.scans[0].tiles} tiles of 1 photo are unlike the training data" in scan.summary(deck)

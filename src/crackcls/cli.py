@@ -49,6 +49,8 @@ def _evaluate(args: argparse.Namespace) -> int:
     print(metrics_text(f"{args.model} on {args.data or 'the test split'}", outcome["result"].metrics))
     if table := sources_text(outcome["result"].by_source):
         print(table)
+    if outcome["result"].shift is not None:
+        print(outcome["result"].shift.line(outcome.get("shift_unit", "images")))
     for key, value in outcome.get("tile_metrics", {}).items():
         print(f"  {key:<20} {value:.4f}" if isinstance(value, float) else f"  {key:<20} {value}")
     skipped = outcome["result"].skipped.count

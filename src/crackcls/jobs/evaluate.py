@@ -18,11 +18,12 @@ import numpy as np
 
 from crackcls.config import Config, load_config
 from crackcls.data import manifest
-from crackcls.model.evaluation import Evaluation, evaluate_items, labelled_folder, write_reports
+from crackcls.model.evaluation import Evaluation, add_set_familiarity, evaluate_items, labelled_folder, write_reports
+from crackcls.model.inference import familiarity_references
 from crackcls.photos.tile_truth import read_tile_truth, tile_level_metrics
 from crackcls.tracking import store
 from crackcls.tracking.registry import load_model, log_to_mlflow
-from crackcls.trust import companions, familiarity
+from crackcls.trust import companions
 from crackcls.trust.metrics import classification_metrics, json_safe
 from crackcls.util import atomic, paths
 from crackcls.util.errors import CrackclsError
@@ -47,8 +48,7 @@ def run(model_spec: str = DEFAULT_MODEL, data: str | None = None, out_dir: str |
         data_name = "test_split"
     threshold = companions.threshold(model, None, config.evaluate.threshold)  # the model's own, when stored
     result = evaluate_items(model, items, threshold, config.evaluate.batch_size, base=workspace)
-    if result.familiarity is not None:  # how many of these images the model finds unfamiliar
-        result.metrics.update(familiarity.flagged_report(result.familiarity, result.correct))
+    add_set_familiarity(result, familiarity_references(model))  # unfamiliar images, and the set-level shift test
     target = Path(out_dir) if out_dir else workspace / paths.REPORTS_DIR / "eval" / slug(f"{model_spec}-{data_name}")
     files = write_reports(result, target, extra={"model": model_spec, "data": data or "test split"})
     run_id = _log_run(config, model_spec, source_run, data, data_name, {"threshold": threshold},
@@ -77,6 +77,7 @@ def _log_run(config: Config, model_spec: str, source_run: str | None, data: str 
 def run_scan(model_spec: str, data: str, out_dir: str | None = None, tile_truth: str | None = None) -> dict:
     """Photo-level metrics of scan verdicts on a folder of whole photos (Positive/, Negative/)."""
     from crackcls.jobs.scan import scan_paths, settings_from
+    from crackcls.photos.scan import tiles_of, tiles_shift
 
     config = load_config()
     workspace = paths.workspace_root()
@@ -95,6 +96,9 @@ def run_scan(model_spec: str, data: str, out_dir: str | None = None, tile_truth:
         classification_metrics(y_true, y_score, settings.threshold), [scan.path for scan in scans],
         y_true, y_score, settings.threshold, skipped,
     )  # fmt: skip
+    result.shift = tiles_shift(model, scans)  # every tile's familiarity, tested as one set
+    if result.shift is not None:
+        result.metrics.update(result.shift.metrics())
     tile_metrics = tile_level_metrics(scans, truth, folder) if truth is not None else {}
     target = Path(out_dir) if out_dir else workspace / paths.REPORTS_DIR / "eval" / slug(f"scan-{model_spec}-{folder.name}")
     scan_info = {"scan_tile": settings.tile, "scan_stride": settings.step, "scan_min_crack_tiles": settings.min_crack_tiles}
@@ -111,6 +115,9 @@ def run_scan(model_spec: str, data: str, out_dir: str | None = None, tile_truth:
 
     params = {"threshold": settings.threshold, **scan_info, "tile_truth": tile_truth or "none"}
     run_id = _log_run(config, model_spec, source_run, data, f"scan-{folder.name}", params, log)
-    return {"result": result, "files": files, "run_id": run_id, "out_dir": target, "tile_metrics": tile_metrics}
+    return {
+        "result": result, "files": files, "run_id": run_id, "out_dir": target, "tile_metrics": tile_metrics,
+        "shift_unit": tiles_of(len(scans)),
+    }  # fmt: skip
 
 

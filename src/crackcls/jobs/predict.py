@@ -20,17 +20,18 @@ from pathlib import Path
 
 from crackcls.config import Config, load_config
 from crackcls.data.images import SkipReport, header_size, iter_images
-from crackcls.model.inference import CRACK, label_for, score_files
+from crackcls.model.inference import CRACK, label_for, score_files, set_shift
 from crackcls.tracking import store
 from crackcls.tracking.registry import load_model
 from crackcls.trust import companions
+from crackcls.trust.shift import ShiftTest
 from crackcls.util import atomic, paths, progress
 from crackcls.util.errors import CrackclsError
 
 CHAMPION = "champion"
 FORMATS = ("table", "json", "csv")
 COLUMNS = ("path", "label", "crack_probability", "threshold")
-FAMILIARITY_COLUMNS = ("familiarity", "unfamiliar")  # present when the model carries a familiarity density
+FAMILIARITY_COLUMNS = ("familiarity", "unfamiliar")  # present when the model carries a familiarity reference
 GLOB_CHARS = frozenset("*?[")
 # Images per forward pass. On a CPU the activations of one batch dominate memory
 # (MobileNetV2 at 224 px: about 16 MB an image, released to the allocator, not the
@@ -55,6 +56,7 @@ class PredictResult:
     model: str
     predictions: list[Prediction]
     skipped: SkipReport = field(default_factory=SkipReport)
+    shift: ShiftTest | None = None  # all these images' familiarity tested against the validation images'
 
 
 def expand_inputs(inputs: Sequence[str]) -> list[Path]:
@@ -143,6 +145,7 @@ def run(
         if score is not None:
             prediction.familiarity, prediction.unfamiliar = float(score), bool(score > 1.0)
         result.predictions.append(prediction)
+    result.shift = set_shift(model, scores.familiarity, scores.probabilities >= threshold)
     if explain_dir is not None and result.predictions:
         _explain(model, result, Path(explain_dir))
     return result
@@ -243,6 +246,8 @@ def summary(result: PredictResult) -> str:
     unfamiliar = sum(bool(p.unfamiliar) for p in result.predictions)
     if unfamiliar:
         lines.append(f"{unfamiliar} images look unlike the training images (unfamiliar): do not trust their labels")
+    if result.shift is not None and len(result.predictions) > 1:  # one image is not a set
+        lines.append(result.shift.line())
     photos = sum(p.warning is not None for p in result.predictions)
     if photos:
         lines.append(

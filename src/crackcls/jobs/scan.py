@@ -24,15 +24,18 @@ from crackcls.jobs.predict import (
 )
 from crackcls.model.inference import CRACK
 from crackcls.photos.heatmap import save_png
-from crackcls.photos.scan import PhotoScan, ScanSettings, overlay_image, scan_files
+from crackcls.photos.scan import PhotoScan, ScanSettings, overlay_image, scan_files, tiles_of, tiles_shift
 from crackcls.tracking.registry import load_model
 from crackcls.trust import companions
+from crackcls.trust.shift import ShiftTest
 from crackcls.util import atomic, progress
 from crackcls.util.errors import CrackclsError
 from crackcls.util.tables import csv_text
 
 COLUMNS = ("path", "verdict", "crack_tiles", "tiles", "crack_fraction", "max_probability", "regions", "threshold")
 TILE_COLUMNS = ("path", "row", "col", "left", "top", "right", "bottom", "crack_probability", "crack")
+# with a familiarity reference: the photo's median tile score, whether it is above 1, and the tiles above 1
+FAMILIARITY_COLUMNS = ("familiarity", "unfamiliar", "unfamiliar_tiles")
 OVERLAY_SUFFIX = "_scan.png"
 
 
@@ -41,6 +44,8 @@ class ScanResult:
     model: str
     scans: list[PhotoScan]
     skipped: SkipReport = field(default_factory=SkipReport)
+    shift: ShiftTest | None = None  # every tile's familiarity tested against the validation images'
+
 
 
 def settings_from(
@@ -105,7 +110,7 @@ def run(
     settings = settings_from(config, tile, stride, threshold, model)
     out = Path(overlay_dir) if overlay_dir is not None else None
     scans, skips = scan_paths(model, files, settings, batch_size, out, config.scan.overlay_size)
-    return ScanResult(spec, scans, skips)
+    return ScanResult(spec, scans, skips, tiles_shift(model, scans))
 
 
 def regions_text(regions: list[dict]) -> str:
@@ -117,6 +122,8 @@ def render(result: ScanResult, fmt: str) -> str:
     """One row per photo: an aligned table, a JSON list (regions as objects), or CSV (regions as JSON text)."""
     with_overlays = any(scan.overlay for scan in result.scans)
     columns = [*COLUMNS, "overlay"] if with_overlays else list(COLUMNS)
+    if any(scan.familiarity is not None for scan in result.scans):
+        columns.extend(FAMILIARITY_COLUMNS)
     if fmt == "json":
         return json.dumps([scan.row() for scan in result.scans], indent=2) + "\n"
     rows = [{key: scan.row()[key] for key in columns} for scan in result.scans]
@@ -132,7 +139,8 @@ def render_tiles(result: ScanResult, fmt: str) -> str:
     rows = [row for scan in result.scans for row in scan.tile_rows()]
     if fmt == "json":
         return json.dumps(rows, indent=2) + "\n"
-    return csv_text(rows, list(TILE_COLUMNS))
+    familiar = any(scan.familiarity is not None for scan in result.scans)
+    return csv_text(rows, [*TILE_COLUMNS, "familiarity"] if familiar else list(TILE_COLUMNS))
 
 
 def _table(rows: list[dict], columns: list[str]) -> str:
@@ -165,5 +173,7 @@ def summary(result: ScanResult) -> str:
         f"{len(result.scans)} photos scanned ({tiles} tiles) with {result.model}: "
         f"{cracks} crack, {len(result.scans) - cracks} no crack"
     ]
+    if result.shift is not None:
+        lines.append(result.shift.line(tiles_of(len(result.scans))))
     lines.extend(result.skipped.summary_lines())
     return "\n".join(lines)

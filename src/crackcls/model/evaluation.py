@@ -16,7 +16,7 @@ import numpy as np
 from crackcls.data.images import SkipReport, dataset_folders, iter_images
 from crackcls.data.splitting import Item
 from crackcls.model.inference import score_files
-from crackcls.trust import familiarity, intervals
+from crackcls.trust import familiarity, intervals, shift
 from crackcls.trust.metrics import SOURCE_HEADLINE, classification_metrics, json_safe, pr_points, roc_points
 from crackcls.util import atomic, paths, plots, progress
 from crackcls.util.errors import CrackclsError
@@ -24,7 +24,10 @@ from crackcls.util.tables import csv_text
 
 # A recall this far below the test split's means the model does not transfer.
 RECALL_DROP_WARNING = 0.2
-FAMILIARITY_KEYS = ("familiarity_auroc", "unfamiliar", "unfamiliar_fraction", "accuracy_unfamiliar", "accuracy_familiar")
+FAMILIARITY_KEYS = (
+    "familiarity_auroc", "unfamiliar", "unfamiliar_fraction", "accuracy_unfamiliar", "accuracy_familiar",
+    "shift_n", "shift_p_value", "shift_statistic", "shift_median_ratio", "shift",
+)  # fmt: skip
 SUMMARY_KEYS = ("accuracy", "precision", "recall", "f1", "n")  # an extra set's figures in metrics.json
 
 
@@ -36,9 +39,10 @@ class Evaluation:
     y_prob: np.ndarray
     threshold: float
     skipped: SkipReport = field(default_factory=SkipReport)
-    familiarity: np.ndarray | None = None  # per kept image; None when the model has no density
+    familiarity: np.ndarray | None = None  # per kept image; None when the model has no familiarity reference
     sources: list[str] = field(default_factory=list)  # per kept image, where the items name one
     by_source: dict[str, dict[str, float]] = field(default_factory=dict)  # each source's metrics and intervals
+    shift: shift.ShiftTest | None = None  # the set-level familiarity test, when the model has a reference
 
     @property
     def correct(self) -> np.ndarray:
@@ -199,19 +203,36 @@ def worst_mistakes(result: Evaluation, per_kind: int = GALLERY_PER_KIND) -> dict
 
 
 
-def add_familiarity(test: Evaluation, extra: dict[str, Evaluation]) -> None:
-    """Flag counts per set, accuracy on flagged and unflagged images, and each extra set's AUROC vs the test split."""
+def add_set_familiarity(result: Evaluation, references: dict[str, dict[int, np.ndarray]] | None) -> None:
+    """One set's flag counts, accuracy on flagged and unflagged images, and its set-level shift test."""
+    if result.familiarity is None:
+        return
+    result.metrics.update(familiarity.flagged_report(result.familiarity, result.correct))
+    if references:
+        result.shift = shift.check_set(result.familiarity, references, result.y_prob >= result.threshold)
+        result.metrics.update(result.shift.metrics())
+
+
+def add_familiarity(
+    test: Evaluation, extra: dict[str, Evaluation], references: dict[str, dict[int, np.ndarray]] | None
+) -> None:
+    """:func:`add_set_familiarity` for every set, and each extra set's AUROC vs the test split."""
     if test.familiarity is None:
         return
     for result in (test, *extra.values()):
-        result.metrics.update(familiarity.flagged_report(result.familiarity, result.correct))
+        add_set_familiarity(result, references)
     for result in extra.values():
         result.metrics["familiarity_auroc"] = familiarity.separation(test.familiarity, result.familiarity)
 
 
 def domain_shift_warnings(test: Evaluation, extra: dict[str, Evaluation]) -> list[str]:
-    """One line per extra set whose recall lies ``RECALL_DROP_WARNING`` or more below the test split's."""
-    warnings = []
+    """A line per set the shift test calls shifted, and per extra set whose recall lies ``RECALL_DROP_WARNING``
+    or more below the test split's."""
+    warnings = [
+        f"{name}: {result.shift.line()}"
+        for name, result in {"test split": test, **extra}.items()
+        if result.shift is not None and result.shift.shifted
+    ]
     for name, result in extra.items():
         drop = test.metrics["recall"] - result.metrics["recall"]
         if drop >= RECALL_DROP_WARNING:

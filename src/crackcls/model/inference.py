@@ -18,7 +18,7 @@ import tensorflow as tf
 
 from crackcls.data.images import UnreadableImage, load_rgb
 from crackcls.data.pipeline import image_dataset
-from crackcls.trust import companions, familiarity
+from crackcls.trust import companions, familiarity, shift
 from crackcls.util import paths
 from crackcls.util.errors import CrackclsError
 
@@ -117,7 +117,7 @@ class Scores:
 
     probabilities: np.ndarray  # NaN where the file could not be read
     reasons: list[str | None]  # why a file was skipped (an images.REASONS entry); None if scored
-    familiarity: np.ndarray | None = None  # crackcls.trust.familiarity score (NaN where skipped); None without a density
+    familiarity: np.ndarray | None = None  # crackcls.trust.familiarity score (NaN where skipped); None without a familiarity reference
 
 
 def score_files(
@@ -132,15 +132,31 @@ def score_files(
     The decoding pipeline only says *that* a file failed; each failure is decoded once
     more on its own to say *why* (failures are rare, so this costs nothing in bulk).
     """
-    density = companions.of(model).familiarity if has_pool_layer(model) else None
+    reference = companions.of(model).familiarity if has_pool_layer(model) else None
     if not files:
-        return Scores(np.zeros(0), [], None if density is None else np.zeros(0))
-    probs, ok, features = predict_with_features(model, files, batch_size, base, progress, density is not None)
+        return Scores(np.zeros(0), [], None if reference is None else np.zeros(0))
+    probs, ok, features = predict_with_features(model, files, batch_size, base, progress, reference is not None)
     size = model_input_size(model)
     root = base or paths.workspace_root()
     reasons = [None if good else unreadable_reason(paths.resolve(f, root), size) for f, good in zip(files, ok)]
-    familiar = None if density is None else np.where(ok, density.score(features), np.nan)
+    familiar = None if reference is None else np.where(ok, reference.score(features), np.nan)
     return Scores(np.where(ok, probs, np.nan).astype(np.float64), reasons, familiar)
+
+
+def familiarity_references(model: keras.Model) -> dict[str, dict[int, np.ndarray]] | None:
+    """Per known source and class, the validation images' familiarity scores; None when the model has no reference."""
+    reference = companions.of(model).familiarity
+    return None if reference is None else reference.validation_scores()
+
+
+def set_shift(
+    model: keras.Model, familiarity_scores: np.ndarray | None, predicted_crack: np.ndarray | None
+) -> shift.ShiftTest | None:
+    """The set-level shift test of one set's familiarity scores and predicted classes; None without a reference."""
+    references = familiarity_references(model)
+    if references is None or familiarity_scores is None:
+        return None
+    return shift.check_set(familiarity_scores, references, predicted_crack)
 
 
 def unreadable_reason(path: str | Path, size: int) -> str:
@@ -167,7 +183,7 @@ def load_model_file(path: str | Path) -> keras.Model:
             f"cannot load model {path}: {exc.__class__.__name__}: {str(exc).splitlines()[0] if str(exc) else ''}. "
             "The file is corrupt, not a Keras model, or needs unsafe code (Lambda layers are refused)."
         ) from None
-    companions.attach(model, companions.read(path))  # its threshold and familiarity density, if stored
+    companions.attach(model, companions.read(path))  # its threshold and familiarity reference, if stored
     return model
 
 

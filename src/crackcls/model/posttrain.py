@@ -26,28 +26,40 @@ class Fitted:
     metrics: dict[str, float]  # for MLflow: val_ece_before / val_ece_after / temperature / threshold ...
 
 
-def _features(model: keras.Model, split: str, batch_size: int, workspace: Path):  # noqa: ANN202
-    """Readable files, their labels, probabilities and familiarity features."""
+@dataclass
+class _Scored:
+    files: list[str]  # the readable ones
+    labels: np.ndarray
+    probabilities: np.ndarray
+    features: np.ndarray  # familiarity features
+    sources: list[str]
+
+
+def _features(model: keras.Model, split: str, batch_size: int, workspace: Path) -> _Scored:
+    """Readable files of a split, with their labels, probabilities, familiarity features and sources."""
     items = manifest.read(manifest.manifest_path(split, workspace / paths.SPLIT_DIR))
     files = [it.path for it in items]
     probs, ok, feats = predict_with_features(model, files, batch_size, base=workspace)
-    labels = np.asarray([it.label for it in items], int)[ok] if items else np.zeros(0, int)
-    kept = [f for f, good in zip(files, ok) if good]
-    return kept, labels, probs[ok] if len(files) else np.zeros(0), feats[ok] if len(files) else np.zeros((0, 0))
+    if not items:
+        return _Scored([], np.zeros(0, int), np.zeros(0), np.zeros((0, 0), np.float32), [])
+    kept = [it for it, good in zip(items, ok) if good]
+    labels = np.asarray([it.label for it in kept], int)
+    return _Scored([it.path for it in kept], labels, probs[ok], feats[ok], [it.source for it in kept])
 
 
 def fit(
     model: keras.Model, workspace: Path, *, batch_size: int, threshold: float, target_recall: float | None
 ) -> Fitted:
-    """Calibrate ``model`` in place (temperature folded into its output layer); pick threshold and density.
+    """Calibrate ``model`` in place (temperature folded into its output layer); pick threshold and familiarity reference.
 
     ``threshold`` is kept unless ``target_recall`` is set: then the threshold is the highest
     that reaches that recall on the validation split.
     """
-    val_files, val_labels, val_raw, val_features = _features(model, "val", batch_size, workspace)
-    _, _, _, train_features = _features(model, "train", batch_size, workspace)
-    if len(train_features) < 2:
-        raise CrackclsError("fewer than 2 readable training images: nothing to fit the familiarity density on")
+    val = _features(model, "val", batch_size, workspace)
+    train = _features(model, "train", batch_size, workspace)
+    val_files, val_labels, val_raw = val.files, val.labels, val.probabilities
+    if len(train.files) < 2:
+        raise CrackclsError("fewer than 2 readable training images: nothing to fit the familiarity reference on")
 
     logits = calibration.logits_of(val_raw)
     temperature = calibration.fit_temperature(logits, val_labels)
@@ -67,6 +79,10 @@ def fit(
         metrics["val_recall_at_threshold"] = thresholds.recall_at(val_labels, val_prob, threshold)
     metrics["decision_threshold"] = threshold
 
-    density = familiarity.fit(train_features, val_features)
-    metrics["familiarity_threshold_distance"] = density.threshold
-    return Fitted(Companions(threshold, target, temperature, density), metrics)
+    layout = familiarity.layout_of(model)
+    if layout is None:
+        raise CrackclsError(f"model '{model.name}' has no layer to take familiarity features from")
+    reference = familiarity.fit(train.features, val.features, layout, train.sources, val.sources, val.labels)
+    metrics["familiarity_sources"] = len(reference.sources)
+    metrics["familiarity_bank_mb"] = reference.bank_bytes / 1e6
+    return Fitted(Companions(threshold, target, temperature, reference), metrics)

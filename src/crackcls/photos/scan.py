@@ -189,6 +189,7 @@ class PhotoScan:
     settings: ScanSettings
     regions: list[Region]
     overlay: str | None = None
+    familiarity: np.ndarray | None = None  # (rows, cols) tile familiarity scores, when the model has a reference
 
     @property
     def crack_mask(self) -> np.ndarray:
@@ -223,7 +224,19 @@ class PhotoScan:
 
         return label_for(self.score, self.settings.threshold)
 
+    @property
+    def median_familiarity(self) -> float | None:
+        return None if self.familiarity is None else float(np.median(self.familiarity))
+
+    @property
+    def unfamiliar_tiles(self) -> int | None:
+        return None if self.familiarity is None else int((self.familiarity > 1.0).sum())
+
     def row(self) -> dict:
+        familiar = {}
+        if self.familiarity is not None:  # the photo is unfamiliar when most of its tiles are
+            median = self.median_familiarity
+            familiar = {"familiarity": round(median, 4), "unfamiliar": bool(median > 1.0), "unfamiliar_tiles": self.unfamiliar_tiles}
         return {
             "path": self.path,
             "verdict": self.verdict,
@@ -237,6 +250,7 @@ class PhotoScan:
             "height": self.grid.height,
             "regions": [region.as_dict() for region in self.regions],
             "overlay": self.overlay,
+            **familiar,
         }
 
     def tile_rows(self) -> list[dict]:
@@ -249,14 +263,37 @@ class PhotoScan:
                     "path": self.path, "row": row, "col": col, "left": left, "top": top, "right": right,
                     "bottom": bottom, "crack_probability": round(probability, 6),
                     "crack": bool(probability >= self.settings.threshold),
+                    **({} if self.familiarity is None else {"familiarity": round(float(self.familiarity[row, col]), 4)}),
                 })  # fmt: skip
         return rows
 
 
-def aggregate(path: str, grid: TileGrid, probabilities: np.ndarray, settings: ScanSettings) -> PhotoScan:
+def tiles_of(photos: int) -> str:
+    """What the tiles shift test counts, in words: ``tiles of 3 photos``."""
+    return f"tiles of {photos} photo{'' if photos == 1 else 's'}"
+
+
+def tiles_shift(model, scans: Sequence[PhotoScan]):  # noqa: ANN001, ANN201 - a keras.Model in, a ShiftTest or None out
+    """The set-level shift test over the tiles of all ``scans`` (None without a familiarity reference)."""
+    from crackcls.model.inference import set_shift
+
+    scored = [scan for scan in scans if scan.familiarity is not None]
+    if not scored:
+        return set_shift(model, None, None)
+    return set_shift(
+        model,
+        np.concatenate([scan.familiarity.reshape(-1) for scan in scored]),
+        np.concatenate([scan.crack_mask.reshape(-1) for scan in scored]),
+    )
+
+
+def aggregate(
+    path: str, grid: TileGrid, probabilities: np.ndarray, settings: ScanSettings, familiarity: np.ndarray | None = None
+) -> PhotoScan:
     probabilities = np.asarray(probabilities, np.float64).reshape(grid.rows, grid.cols)
     regions = crack_regions(grid, probabilities, settings.threshold, settings.connectivity)
-    return PhotoScan(path, grid, probabilities, settings, regions)
+    familiar = None if familiarity is None else np.asarray(familiarity, np.float64).reshape(grid.rows, grid.cols)
+    return PhotoScan(path, grid, probabilities, settings, regions, familiarity=familiar)
 
 
 # ---------------------------------------------------------------- overlay
@@ -389,6 +426,7 @@ class _Pending:
     probabilities: np.ndarray
     remaining: int
     dropped: bool = field(default=False)
+    familiarity: np.ndarray | None = None
 
 
 def scan_files(
@@ -405,28 +443,39 @@ def scan_files(
     Tiles from consecutive photos share batches, so many small photos score as fast as one
     big one. ``progress`` is called with the number of tiles in each scored batch.
     """
-    from crackcls.model.inference import forward_pass, model_input_size
+    from crackcls.model.inference import forward_pass, has_pool_layer, model_input_size
+    from crackcls.trust import companions
 
     if batch_size < 1:
         raise CrackclsError(f"--batch-size must be at least 1, got {batch_size}")
     size = model_input_size(model)
-    forward = forward_pass(model)
+    reference = companions.of(model).familiarity if has_pool_layer(model) else None
+    forward = forward_pass(model, with_features=reference is not None)  # familiarity from the same pass
     pending: dict[int, _Pending] = {}
     for event in prefetched(tile_stream([Path(f) for f in files], settings, size, batch_size, overlay_size)):
         if isinstance(event, _Photo):
-            pending[event.index] = _Pending(event, np.full(event.grid.count, np.nan), event.grid.count)
+            count = event.grid.count
+            familiar = None if reference is None else np.full(count, np.nan)
+            pending[event.index] = _Pending(event, np.full(count, np.nan), count, familiarity=familiar)
         elif isinstance(event, _Skip):
             pending.pop(event.index, None)
             skips.add(event.path, event.reason)
         else:
-            scores = forward(event.pixels.astype(np.float32)).numpy().reshape(-1)
-            for (index, number), probability in zip(event.owners, scores):
+            out = forward(event.pixels.astype(np.float32))
+            familiar = None
+            if reference is not None:
+                out, features = out
+                familiar = reference.score(np.asarray(features))
+            scores = np.asarray(out).reshape(-1)
+            for i, ((index, number), probability) in enumerate(zip(event.owners, scores)):
                 if index in pending:
                     pending[index].probabilities[number] = probability
+                    if familiar is not None:
+                        pending[index].familiarity[number] = familiar[i]
                     pending[index].remaining -= 1
             if progress is not None:
                 progress(len(scores))
         while pending and next(iter(pending.values())).remaining == 0:
             done = pending.pop(next(iter(pending)))
             photo = done.photo
-            yield aggregate(str(photo.path), photo.grid, done.probabilities, settings), photo.picture
+            yield aggregate(str(photo.path), photo.grid, done.probabilities, settings, done.familiarity), photo.picture

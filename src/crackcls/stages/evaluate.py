@@ -9,7 +9,8 @@ test split so that domain shift (a new kind of concrete) shows at a glance.
 Every metric carries a 95% interval (:mod:`crackcls.trust.intervals`); the threshold is the one
 stored with the model when ``evaluate.target_recall`` is set; the calibration before and
 after temperature scaling goes to ``reports/reliability.{csv,png}``; the familiarity score
-is checked against each extra set; and the registered version gets its model card.
+is checked against each extra set, and each set is tested as a whole for a shift from the
+training data (:mod:`crackcls.trust.shift`); and the registered version gets its model card.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from crackcls.model.evaluation import (
     summary,
     write_reports,
 )
-from crackcls.model.inference import load_model_file
+from crackcls.model.inference import familiarity_references, load_model_file
 from crackcls.photos.gradcam import write_error_gallery
 from crackcls.tracking import registry, store
 from crackcls.trust import calibration, companions, model_card
@@ -67,12 +68,12 @@ def run(config: Config, workspace: Path) -> dict:
         set_name(folder): evaluate_items(model, labelled_folder(paths.resolve(folder, workspace)), threshold, batch)
         for folder in config.evaluate.extra_sets
     }
-    warnings = domain_shift_warnings(test, extra)
     test.metrics["target_recall"] = config.evaluate.target_recall
     temperature = companions.of(model).temperature
     reliability = [workspace / RELIABILITY_CSV, workspace / RELIABILITY_PNG]
     test.metrics.update(calibration.report(test.y_true, test.y_prob, temperature, *reliability))
-    add_familiarity(test, extra)
+    add_familiarity(test, extra, familiarity_references(model))
+    warnings = domain_shift_warnings(test, extra)
 
     extra_summary = {name: summary(result) for name, result in extra.items()}
     files = write_reports(test, workspace / paths.REPORTS_DIR, extra={"extra_sets": extra_summary} if extra else None)
@@ -111,6 +112,8 @@ def main() -> None:
         print(table)
     for name, r in result["extra"].items():
         print(metrics_text(f"extra set '{name}'", r.metrics))
+        if r.shift is not None:
+            print(f"  {r.shift.line()}")
     for warning in result["warnings"]:
         print(warning)
 

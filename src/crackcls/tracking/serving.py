@@ -45,12 +45,15 @@ from mlflow.models.model import ModelInfo
 from PIL import Image
 
 from crackcls.data.images import SkipReport
-from crackcls.model.inference import label_for, load_model_file, score_files
-from crackcls.photos.scan import DEFAULT_TILE, ScanSettings, scan_files
+from crackcls.model.inference import label_for, load_model_file, score_files, set_shift
+from crackcls.photos.scan import DEFAULT_TILE, ScanSettings, scan_files, tiles_shift
 from crackcls.trust import companions
 
 IMAGE_COLUMN = "image"
 OUTPUT_COLUMNS = ("label", "crack_probability", "threshold", "familiarity", "unfamiliar", "error")
+# The request's images tested as one set (crackcls.trust.shift), repeated on every row; null when the model
+# has no familiarity reference or the request holds fewer than shift.MIN_IMAGES readable images.
+SET_COLUMNS = ("set_shift", "set_shift_p_value", "set_shift_median_ratio")
 SCAN_COLUMNS = ("crack_tiles", "tiles", "max_probability", "regions")
 KERAS_ARTIFACT = "keras_model"
 ARTIFACT_NAME = "pyfunc"
@@ -89,6 +92,7 @@ def classify_encoded(model: keras.Model, encoded: Sequence[Any], threshold: floa
     with tempfile.TemporaryDirectory(prefix="crackcls-serve-") as tmp:
         files = _write_files(encoded, Path(tmp), errors)
         scores = score_files(model, list(files.values()), BATCH_SIZE, base=Path(tmp))
+        tested = set_shift(model, scores.familiarity, scores.probabilities >= threshold)
         scored = scores.familiarity if scores.familiarity is not None else [None] * len(files)
         for index, probability, reason, score in zip(files, scores.probabilities, scores.reasons, scored):
             errors[index] = reason
@@ -101,11 +105,20 @@ def classify_encoded(model: keras.Model, encoded: Sequence[Any], threshold: floa
         "familiarity": familiar,
         "unfamiliar": [None if f is None else bool(f > 1.0) for f in familiar],
         "error": errors,
+        **set_columns(tested, count),
     }
     # object columns keep None as None: JSON null, where pandas' own missing value is NaN (not JSON)
     return pd.DataFrame({name: pd.Series(values, dtype=object) for name, values in columns.items()}).astype(
         {"threshold": float}
     )
+
+
+def set_columns(tested, count: int) -> dict[str, list]:  # noqa: ANN001 - a ShiftTest or None
+    """The set-level shift test as columns repeated on each of ``count`` rows (null when not tested)."""
+    if tested is None or not tested.tested:
+        return {name: [None] * count for name in SET_COLUMNS}
+    values = (bool(tested.shifted), float(tested.p_value), float(tested.median_ratio))
+    return {name: [value] * count for name, value in zip(SET_COLUMNS, values)}
 
 
 def scan_encoded(model: keras.Model, encoded: Sequence[Any], settings: ScanSettings) -> pd.DataFrame:
@@ -116,18 +129,22 @@ def scan_encoded(model: keras.Model, encoded: Sequence[Any], settings: ScanSetti
     with tempfile.TemporaryDirectory(prefix="crackcls-serve-") as tmp:
         files = {path: index for index, path in _write_files(encoded, Path(tmp), errors).items()}
         skips = SkipReport()
+        scans = []
         for scan, _ in scan_files(model, list(files), settings, BATCH_SIZE, skips):
+            scans.append(scan)
             row = scan.row()
             rows[files[Path(scan.path)]].update(
                 label=row["verdict"], crack_probability=row["score"], crack_tiles=row["crack_tiles"], tiles=row["tiles"],
                 max_probability=row["max_probability"], regions=json.dumps(row["regions"]),
+                familiarity=row.get("familiarity"), unfamiliar=row.get("unfamiliar"),
             )  # fmt: skip
         for path, reason in skips.skipped:
             errors[files[Path(path)]] = reason
-    columns = [*OUTPUT_COLUMNS, *SCAN_COLUMNS]
+    columns = [*OUTPUT_COLUMNS, *SCAN_COLUMNS, *SET_COLUMNS]
     values = {name: [row.get(name) for row in rows] for name in columns}
     values["threshold"] = [float(settings.threshold)] * count
     values["error"] = errors
+    values.update(set_columns(tiles_shift(model, scans), count))
     return pd.DataFrame({name: pd.Series(values[name], dtype=object) for name in columns}).astype({"threshold": float})
 
 

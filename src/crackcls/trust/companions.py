@@ -1,11 +1,11 @@
-"""What travels beside a ``.keras`` model: its decision threshold, calibration and familiarity density.
+"""What travels beside a ``.keras`` model: its decision threshold, calibration and familiarity reference.
 
 Two small files share the model file's stem (``model.keras`` → ``model.decision.json``,
 ``model.familiarity.npz``). They are logged with the registered pyfunc next to the
 ``.keras`` file, so a model loaded from a path or from the registry brings them along,
 and predict, the served model, evaluate and promotion all use the same threshold.
 A model without them (an older one) uses the configured threshold and has no
-familiarity score.
+familiarity score (nor has one whose familiarity file is of an older format).
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ class Companions:
     threshold: float | None = None  # None: the configured evaluate.threshold applies
     target_recall: float | None = None
     temperature: float = 1.0  # already folded into the model's output layer
-    familiarity: familiarity.Density | None = None
+    familiarity: familiarity.Reference | None = None
 
 
 def decision_path(model_file: str | os.PathLike[str]) -> Path:
@@ -61,12 +61,12 @@ def read(model_file: str | os.PathLike[str]) -> Companions:
             decision = json.loads(decision_file.read_text(encoding="utf-8"))
         except (OSError, ValueError) as exc:
             raise CrackclsError(f"cannot read {decision_file}: {exc}") from None
-    density_file = familiarity.path_for(model_file)
+    reference_file = familiarity.path_for(model_file)
     return Companions(
         threshold=decision.get("threshold"),
         target_recall=decision.get("target_recall"),
         temperature=float(decision.get("temperature") or 1.0),
-        familiarity=familiarity.load(density_file) if density_file.is_file() else None,
+        familiarity=familiarity.load(reference_file) if reference_file.is_file() else None,
     )
 
 

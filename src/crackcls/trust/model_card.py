@@ -51,6 +51,15 @@ def _value(value: object) -> str:
     return f"{value:.4f}" if isinstance(value, float) else str(value)
 
 
+def shift_cell(metrics: Mapping[str, object]) -> str:
+    """The set-level shift test in a few words (:mod:`crackcls.trust.shift`)."""
+    p_value, ratio = metrics.get("shift_p_value"), metrics.get("shift_median_ratio")
+    if p_value is None:
+        return "not tested" if metrics.get("shift_n") is None else "too few images"
+    verdict = "SHIFT" if metrics.get("shift") else "no shift"
+    return f"{verdict} (p = {p_value:.2g}, median familiarity {ratio:.1f}× validation)"
+
+
 def _metric_rows(metrics: Mapping[str, object]) -> list[str]:
     rows = ["| metric | value | 95% interval |", "|---|---|---|"]
     for name in INTERVAL_METRICS:
@@ -96,19 +105,20 @@ def render(
         f"{_value(decision.get('ece'))} after",
         f"- test images flagged unfamiliar: {_value(test.get('unfamiliar'))} "
         f"({_value(test.get('unfamiliar_fraction'))})",
+        f"- the test split as a set against the validation images: {shift_cell(test)}",
     ]
     if extra_sets:
         lines += ["", "## Other image sets", ""]
         lines += [
             "| set | n | recall | 95% interval | accuracy | familiarity AUROC vs test | flagged unfamiliar | "
-            "accuracy flagged / unflagged |",
-            "|---|---|---|---|---|---|---|---|",
+            "accuracy flagged / unflagged | set shift test |",
+            "|---|---|---|---|---|---|---|---|---|",
         ]
         for set_name, m in extra_sets.items():
             lines.append(
                 f"| {set_name} | {_value(m.get('n'))} | {_value(m.get('recall'))} | {format_interval(m, 'recall') or 'n/a'} "  # type: ignore[arg-type]
                 f"| {_value(m.get('accuracy'))} | {_value(m.get('familiarity_auroc'))} | {_value(m.get('unfamiliar'))} "
-                f"| {_value(m.get('accuracy_unfamiliar'))} / {_value(m.get('accuracy_familiar'))} |"
+                f"| {_value(m.get('accuracy_unfamiliar'))} / {_value(m.get('accuracy_familiar'))} | {shift_cell(m)} |"
             )
     lines += ["", "## Known limits", ""] + [f"- {limit}" for limit in KNOWN_LIMITS]
     return "\n".join(lines) + "\n"
