@@ -12,8 +12,9 @@ TRACKING_URI := $(or $(MLFLOW_TRACKING_URI),sqlite:///$(CURDIR)/mlflow.db)
 
 # The offline demo: the full DVC pipeline on the bundled Mendeley and SDNET2018 samples, the
 # compact backbone trained from scratch (no ImageNet download) at 96 px.
+DEMO_EPOCHS ?= 12
 DEMO_PARAMS := -S 'data.sources=[sample,sdnet2018-sample]' -S model.backbone=compact_cnn -S model.weights=none \
-               -S model.image_size=96 -S train.epochs=12 -S train.patience=4 -S train.batch_size=32
+               -S model.image_size=96 -S train.epochs=$(DEMO_EPOCHS) -S train.patience=4 -S train.batch_size=32
 
 IN     ?=
 SCAN   ?=

@@ -26,6 +26,8 @@ from crackcls.tracking import lineage
 from crackcls.util import quiet
 
 pytestmark = pytest.mark.e2e
+# What is checked is the wiring a user sees, not the accuracy: a few epochs show all of it.
+DEMO_EPOCHS = 3
 
 
 def _run(args: list[str], cwd: Path, timeout: int = 900) -> subprocess.CompletedProcess:
@@ -43,7 +45,7 @@ def demo_repo(tmp_path_factory) -> Path:
     _run(["git", "init", "-q"], repo)
     _run(["git", "add", "-A"], repo)
     _run(["git", "commit", "-qm", "fresh clone"], repo)
-    demo = _run(["make", "demo"], repo)
+    demo = _run(["make", "demo", f"DEMO_EPOCHS={DEMO_EPOCHS}"], repo)
     (repo / "demo.log").write_text(demo.stdout + demo.stderr)
     return repo
 
@@ -54,6 +56,7 @@ def test_demo_writes_dvc_metrics_and_plots(demo_repo):
         assert 0.0 <= metrics[key] <= 1.0, key
     assert metrics["loss"] > 0
     assert metrics["tp"] + metrics["fp"] + metrics["tn"] + metrics["fn"] == metrics["n"] > 0
+    assert 0 <= metrics["shift_p_value"] <= 1 and metrics["shift_n"] == metrics["n"]  # the test split as one set
     split = json.loads((demo_repo / "reports/split.json").read_text())
     assert split["test"]["total"] == metrics["n"]
     assert split["duplicates_removed"] == 0
