@@ -14,7 +14,7 @@ Every candidate scores the same features from one forward pass of the model:
 
 In-domain reference: the project's test split. Shifts: SDNET2018 surfaces, painted walls, and
 transforms of the test images (blur, zoom, JPEG quality, colour cast, darkening).
-Folder level: 200 draws of 20 images per set, tested with :mod:`crackcls.trust.shift`.
+Folder level: 200 draws of 20 images per set, and each set whole, tested with :mod:`crackcls.trust.shift`.
 """
 
 from __future__ import annotations
@@ -188,6 +188,10 @@ def measure(project: Path, work: Path) -> dict:
             pick = rng.choice(len(scores), BATCH, replace=False)
             hits += shift.check_set(scores[pick], references, probs[pick] >= threshold).shifted
         draws[set_name] = hits / DRAWS
+    whole_sets = {  # each set at once, as `predict` on its folder tests it
+        name: shift.check_set(scores, references, probs >= threshold).line()
+        for name, (scores, probs) in {**in_domain, **strangers}.items()
+    }
 
     sample = files["test"][:512]
     predict_files(model, sample[:64], 32)
@@ -206,6 +210,7 @@ def measure(project: Path, work: Path) -> dict:
         "n": {"train": len(train), "val": len(val), "test": len(test), **{k: len(v[0]) for k, v in shifted.items()}},
         "candidates": rows,
         "folder_draws": draws,
+        "whole_sets": whole_sets,
         "bank_mb": round(reference.bank_bytes / 1e6, 2),
         "file_mb": round(familiarity.save(reference, work / "reference.familiarity.npz").stat().st_size / 1e6, 2),
         "fit_s": round(fit_s, 2),
@@ -228,6 +233,7 @@ def table(result: dict) -> str:
         )
     lines += ["", "| set (draws of 20) | flagged as shifted |", "|---|---|"]
     lines += [f"| {name} | {100 * share:.1f}% |" for name, share in result["folder_draws"].items()]
+    lines += ["", "Each set whole:", *(f"- {name}: {line}" for name, line in result["whole_sets"].items())]
     return "\n".join(lines)
 
 

@@ -324,8 +324,8 @@ def test_scan_command_writes_rows_tiles_and_overlays(patch_model, sample, tmp_pa
     monkeypatch.chdir(tmp_path)
     cells = [(1, 1), (1, 2), (2, 2)]
     photo = build_mosaic(sample, 4, 5, cells, seed=3)
-    odd = save(photo[: 4 * PATCH - 50, : 5 * PATCH - 30], tmp_path / "in" / "odd.jpg", quality=95)  # not a tile multiple
-    tiny = save(photo[:100, :150], tmp_path / "in" / "tiny.png")
+    save(photo[: 4 * PATCH - 50, : 5 * PATCH - 30], tmp_path / "in" / "odd.jpg", quality=95)  # not a tile multiple
+    save(photo[:100, :150], tmp_path / "in" / "tiny.png")
     (tmp_path / "in" / "broken.jpg").write_bytes(b"\xff\xd8 truncated")
     with pytest.raises(SystemExit) as exit_code:
         cli.main(["scan", str(tmp_path / "in"), "--model", str(patch_model), "--format", "json",
