@@ -18,6 +18,7 @@ DEMO_PARAMS := -S 'data.sources=[sample,sdnet2018-sample]' -S model.backbone=com
 
 IN     ?=
 SCAN   ?=
+RUNTIME ?=
 
 # The team tracking server (make server): runs and registry, artifact store, users and permissions.
 BACKEND   ?= sqlite:///$(CURDIR)/mlflow.db
@@ -26,7 +27,7 @@ AUTH_DB   ?= sqlite:///$(CURDIR)/basic_auth.db
 HOST      ?= 127.0.0.1
 WORKERS   ?= 4
 
-.PHONY: help install test test-fast lint docs docs-serve repro demo evaluate promote predict scan serve server bench ui
+.PHONY: help install test test-fast lint docs docs-serve repro demo evaluate promote predict scan export serve server bench ui
 
 help:
 	@echo "make install     create $(VENV) and install crackcls with pinned dependencies (GPU=1: CUDA libraries too)"
@@ -40,6 +41,7 @@ help:
 	@echo "make promote     move @champion to @challenger if it is better"
 	@echo "make predict     classify IN=<files|folders|globs> with MODEL (default: the registry champion)"
 	@echo "make scan        scan whole photos IN=<files|folders|globs> tile by tile; overlays in reports/scan/"
+	@echo "make export      MODEL (default: the registry champion) as SavedModel, ONNX, LiteRT float32 and int8 in models/export/, parity-checked; RUNTIME=onnx for predict and scan"
 	@echo "make serve       serve models:/crackcls@champion over HTTP on 127.0.0.1:$(SERVE_PORT)"
 	@echo "make server      team MLflow server with logins on $(HOST):$(PORT) (BACKEND=, ARTIFACTS=, AUTH_DB=)"
 	@echo "make bench       training / prediction / split / memory benchmark (docs/performance.md)"
@@ -90,10 +92,13 @@ promote:
 	crackcls promote
 
 predict:
-	crackcls predict $(IN) $(if $(filter-out models/model.keras,$(MODEL)),--model "$(MODEL)")
+	crackcls predict $(IN) $(if $(filter-out models/model.keras,$(MODEL)),--model "$(MODEL)") $(if $(RUNTIME),--runtime $(RUNTIME))
 
 scan:
-	crackcls scan $(IN) --overlay reports/scan $(if $(filter-out models/model.keras,$(MODEL)),--model "$(MODEL)")
+	crackcls scan $(IN) --overlay reports/scan $(if $(filter-out models/model.keras,$(MODEL)),--model "$(MODEL)") $(if $(RUNTIME),--runtime $(RUNTIME))
+
+export:
+	crackcls export $(if $(filter-out models/model.keras,$(MODEL)),--model "$(MODEL)")
 
 serve:
 	MLFLOW_TRACKING_URI="$(TRACKING_URI)" mlflow models serve -m "models:/crackcls@champion" \

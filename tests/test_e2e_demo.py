@@ -118,6 +118,22 @@ def test_make_evaluate_on_a_labelled_folder(demo_repo, tmp_path):
     assert "recall" in champion.stdout
 
 
+def test_make_export_then_predict_on_onnx_runtime_gives_the_keras_labels(demo_repo):
+    exported = _run(["make", "export"], demo_repo)
+    folder = demo_repo / "models" / "export"
+    for name in ("saved_model", "model.onnx", "model.tflite", "model.int8.tflite", "export.json"):
+        assert (folder / name).exists(), exported.stdout
+    assert "logged to run" in exported.stdout and "version 1 tagged" in exported.stdout
+    assert "models/export/" not in _run(["git", "status", "--porcelain"], demo_repo).stdout  # models stay out of git
+    images = str(demo_repo / "sample" / "mendeley" / "Positive")
+    by_runtime = {
+        runtime: _run(["make", "predict", f"IN={images}", f"RUNTIME={runtime}"], demo_repo) for runtime in ("keras", "onnx")
+    }
+    rows = {runtime: [line.split()[:2] for line in out.stdout.splitlines() if line.startswith("/")] for runtime, out in by_runtime.items()}
+    assert rows["onnx"] == rows["keras"] and len(rows["onnx"]) == 500
+    assert "(ONNX Runtime)" in by_runtime["onnx"].stderr
+
+
 TEST_METRICS = ("accuracy", "f1", "precision", "recall", "roc_auc")
 NOISE_MARKERS = ("cuInit", "oneDNN", "absl::InitializeLog", "cudart_stub", "cpu_feature_guard")
 

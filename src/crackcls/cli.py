@@ -23,6 +23,8 @@ examples:
   crackcls scan site-7/ --overlay scans/           find crack regions in whole photos, tile by tile
   crackcls evaluate --data /path/to/labelled       score models/model.keras on Positive/ + Negative/
   crackcls promote                                 crown @challenger if it beats @champion
+  crackcls export                                  @champion as SavedModel, ONNX and LiteRT, parity-checked
+  crackcls predict photos/ --runtime onnx          label images with ONNX Runtime, without TensorFlow
   crackcls ui-link                                 the MLflow UI address that opens on the runs
 
 Run 'crackcls <command> --help' for a command's options."""
@@ -86,7 +88,7 @@ def _promote(args: argparse.Namespace) -> int:
 def _predict(args: argparse.Namespace) -> int:
     from crackcls.jobs import predict
 
-    result = predict.run(args.paths, args.model, args.threshold, args.batch_size, args.explain)
+    result = predict.run(args.paths, args.model, args.threshold, args.batch_size, args.explain, args.runtime)
     sys.stdout.write(predict.write(result, args.format, args.output))
     if args.output:
         print(f"wrote {len(result.predictions)} predictions to {args.output}", file=sys.stderr)
@@ -99,7 +101,9 @@ def _predict(args: argparse.Namespace) -> int:
 def _scan(args: argparse.Namespace) -> int:
     from crackcls.jobs import scan
 
-    result = scan.run(args.paths, args.model, args.tile, args.stride, args.threshold, args.batch_size, args.overlay)
+    result = scan.run(
+        args.paths, args.model, args.tile, args.stride, args.threshold, args.batch_size, args.overlay, args.runtime
+    )
     sys.stdout.write(scan.write(result, args.format, args.output, args.tiles))
     if args.output:
         print(f"wrote {len(result.scans)} photo rows to {args.output}", file=sys.stderr)
@@ -116,6 +120,18 @@ def _ui_link(args: argparse.Namespace) -> int:
     from crackcls.tracking import store
 
     print(store.runs_url(args.base, store.configure(load_config().mlflow.experiment)))
+    return 0
+
+
+RUNTIME_HELP = "keras (TensorFlow) or onnx (ONNX Runtime on the model's export; TensorFlow never loaded). Default: onnx for a .onnx file or an export folder, else keras"
+
+
+def _export(args: argparse.Namespace) -> int:
+    from crackcls.jobs import export
+
+    formats = tuple(f.strip() for f in args.formats.split(",")) if args.formats else None
+    result = export.run(args.model, args.out, formats, args.representative, args.check_data)
+    print(export.summary(result))
     return 0
 
 
@@ -154,6 +170,7 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--output", default=None, metavar="FILE", help="write the predictions to FILE instead of the terminal")
     predict.add_argument("--explain", default=None, metavar="OUTDIR", help="write a Grad-CAM overlay PNG per image into OUTDIR")
     predict.add_argument("--batch-size", type=int, default=None, help="images per forward pass (default: 16; memory grows with it)")
+    predict.add_argument("--runtime", choices=("keras", "onnx"), default=None, help=RUNTIME_HELP)
     predict.set_defaults(func=_predict)
 
     scan = sub.add_parser(
@@ -173,7 +190,23 @@ def build_parser() -> argparse.ArgumentParser:
     scan.add_argument("--overlay", default=None, metavar="OUTDIR", help="write <photo>_scan.png per photo into OUTDIR: tile heat map and region boxes")
     scan.add_argument("--model", default=None, help="as for predict (default: models:/<registry.model_name>@champion)")
     scan.add_argument("--batch-size", type=int, default=None, help="tiles per batch (default: params evaluate.batch_size, else 64)")
+    scan.add_argument("--runtime", choices=("keras", "onnx"), default=None, help=RUNTIME_HELP)
     scan.set_defaults(func=_scan)
+
+    export = sub.add_parser(
+        "export",
+        help="export a model as SavedModel, ONNX and LiteRT (float32, int8), checked against Keras",
+        description="Write the model as a SavedModel, ONNX and LiteRT (float32, and int8 calibrated on training "
+        "images) with its threshold and familiarity data and export.json, after checking every export against "
+        "the Keras model on test images. A model from MLflow gets the folder logged to its run (export/, and "
+        "onnx_model in MLflow's ONNX flavour) and its version tagged. Exits 1 when an export drifts.",
+    )
+    export.add_argument("--model", default=None, help="as for predict (default: models:/<registry.model_name>@champion)")
+    export.add_argument("--out", default=None, metavar="DIR", help="export folder (default: models/export)")
+    export.add_argument("--formats", default=None, help="comma-separated, of saved_model,onnx,litert,litert_int8 (default: all)")
+    export.add_argument("--representative", default=None, metavar="FOLDER", help="int8 calibration images (default: 200 of the training split)")
+    export.add_argument("--check-data", default=None, metavar="FOLDER", help="parity images, labelled if it has Positive/ and Negative/ (default: 500 of the test split)")
+    export.set_defaults(func=_export)
 
     ui_link = sub.add_parser(
         "ui-link",

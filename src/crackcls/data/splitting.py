@@ -14,8 +14,6 @@ from collections import Counter, defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from sklearn.model_selection import train_test_split
-
 
 @dataclass(frozen=True)
 class Item:
@@ -165,6 +163,8 @@ def stratified_split(
     Items are sorted first, so the result depends on the seed and the set of
     images, never on the order a file system happened to list them in.
     """
+    from sklearn.model_selection import train_test_split  # here: predict and scan import this module, not sklearn
+
     items = sorted(items, key=lambda it: it.path)
     labels = [it.label for it in items]
     if len(set(labels)) < 2:

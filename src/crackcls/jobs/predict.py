@@ -14,15 +14,16 @@ import glob
 import io
 import json
 import os
+import tempfile
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from crackcls.config import Config, load_config
 from crackcls.data.images import SkipReport, header_size, iter_images
-from crackcls.model.inference import CRACK, label_for, score_files, set_shift
+from crackcls.model import portable
+from crackcls.model.scoring import CRACK, Scores, label_for, set_shift
 from crackcls.tracking import store
-from crackcls.tracking.registry import load_model
 from crackcls.trust import companions
 from crackcls.trust.shift import ShiftTest
 from crackcls.util import atomic, paths, progress
@@ -33,6 +34,8 @@ FORMATS = ("table", "json", "csv")
 COLUMNS = ("path", "label", "crack_probability", "threshold")
 FAMILIARITY_COLUMNS = ("familiarity", "unfamiliar")  # present when the model carries a familiarity reference
 GLOB_CHARS = frozenset("*?[")
+# keras: the .keras model with TensorFlow; onnx: its ONNX export with ONNX Runtime, TensorFlow never imported
+RUNTIMES = ("keras", "onnx")
 # Images per forward pass. On a CPU the activations of one batch dominate memory
 # (MobileNetV2 at 224 px: about 16 MB an image, released to the allocator, not the
 # system), while throughput is flat from 8 to 64; 16 keeps `predict` lean.
@@ -115,12 +118,47 @@ def checked_batch_size(config: Config, batch_size: int | None) -> int:
     return batch_size
 
 
+def runtime_for(spec: str, runtime: str | None) -> str:
+    """The runtime asked for; else ONNX Runtime for a ``.onnx`` file or an export folder, else Keras."""
+    if runtime is not None:
+        if runtime not in RUNTIMES:
+            raise CrackclsError(f"unknown runtime '{runtime}'; use one of {', '.join(RUNTIMES)}")
+        return runtime
+    path = Path(spec)
+    return "onnx" if path.suffix == ".onnx" or (path.is_dir() and (path / portable.ONNX_FILE).is_file()) else "keras"
+
+
+def load_for(spec: str, runtime: str):  # noqa: ANN201 - a keras.Model or a portable.PortableModel
+    """The model at ``spec`` for ``runtime``. For ONNX: a .onnx file, an export folder, the ``export/`` folder
+    beside a ``.keras`` file, or the ``export/`` artifacts of an MLflow model's run (``crackcls export`` logs them)."""
+    if runtime == "keras":
+        from crackcls.tracking.registry import load_model  # TensorFlow is imported only on this path
+
+        return load_model(spec)[0]
+    if "://" in spec or spec.startswith(("models:/", "runs:/")):
+        with tempfile.TemporaryDirectory() as tmp:  # the session and companions are read into memory
+            return portable.load(store.download_run_folder(spec, "export", Path(tmp)))
+    path = paths.resolve(spec)
+    if path.suffix == ".keras":
+        path = path.parent / "export"
+    return portable.load(path)
+
+
+def score_with(model, files: Sequence[Path], batch_size: int, progress_update) -> Scores:  # noqa: ANN001
+    if portable.is_portable(model):
+        return portable.score_files(model, files, batch_size, base=Path.cwd(), progress=progress_update)
+    from crackcls.model.inference import score_files
+
+    return score_files(model, files, batch_size, base=Path.cwd(), progress=progress_update)
+
+
 def run(
     inputs: Sequence[str],
     model_spec: str | None = None,
     threshold: float | None = None,
     batch_size: int | None = None,
     explain_dir: str | os.PathLike[str] | None = None,
+    runtime: str | None = None,
 ) -> PredictResult:
     config = _config()
     if threshold is not None and not 0.0 <= threshold <= 1.0:
@@ -128,12 +166,15 @@ def run(
     batch_size = checked_batch_size(config, batch_size or BATCH_SIZE)
     files = expand_inputs(inputs)
     spec = model_spec or champion_spec(config)
-    model, _ = load_model(spec)
+    runtime = runtime_for(spec, runtime)
+    if runtime == "onnx" and explain_dir is not None:
+        raise CrackclsError("--explain needs the Keras model (Grad-CAM reads its gradients): drop --runtime onnx")
+    model = load_for(spec, runtime)
     threshold = companions.threshold(model, threshold, config.evaluate.threshold)
 
     with progress.bar(len(files), "predict", min_total=batch_size) as bar:
-        scores = score_files(model, files, batch_size, base=Path.cwd(), progress=bar.update)
-    result = PredictResult(spec, [])
+        scores = score_with(model, files, batch_size, bar.update)
+    result = PredictResult(spec if runtime == "keras" else f"{spec} (ONNX Runtime)", [])
     familiar = scores.familiarity if scores.familiarity is not None else [None] * len(files)
     for path, probability, reason, score in zip(files, scores.probabilities, scores.reasons, familiar):
         if reason is not None:

@@ -19,13 +19,14 @@ from crackcls.jobs.predict import (
     champion_spec,
     checked_batch_size,
     expand_inputs,
+    load_for,
     output_format,
     overlay_names,
+    runtime_for,
 )
-from crackcls.model.inference import CRACK
+from crackcls.model.scoring import CRACK
 from crackcls.photos.heatmap import save_png
 from crackcls.photos.scan import PhotoScan, ScanSettings, overlay_image, scan_files, tiles_of, tiles_shift
-from crackcls.tracking.registry import load_model
 from crackcls.trust import companions
 from crackcls.trust.shift import ShiftTest
 from crackcls.util import atomic, progress
@@ -100,17 +101,20 @@ def run(
     threshold: float | None = None,
     batch_size: int | None = None,
     overlay_dir: str | os.PathLike[str] | None = None,
+    runtime: str | None = None,
 ) -> ScanResult:
     config = _config()
     settings_from(config, tile, stride, threshold)  # bad settings fail before the model loads
     batch_size = checked_batch_size(config, batch_size)
     files = expand_inputs(inputs)
     spec = model_spec or champion_spec(config)
-    model, _ = load_model(spec)
+    runtime = runtime_for(spec, runtime)
+    model = load_for(spec, runtime)
     settings = settings_from(config, tile, stride, threshold, model)
     out = Path(overlay_dir) if overlay_dir is not None else None
     scans, skips = scan_paths(model, files, settings, batch_size, out, config.scan.overlay_size)
-    return ScanResult(spec, scans, skips, tiles_shift(model, scans))
+    name = spec if runtime == "keras" else f"{spec} (ONNX Runtime)"
+    return ScanResult(name, scans, skips, tiles_shift(model, scans))
 
 
 def regions_text(regions: list[dict]) -> str:

@@ -9,16 +9,23 @@ from __future__ import annotations
 
 import weakref
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import keras
 import numpy as np
 import tensorflow as tf
 
-from crackcls.data.images import UnreadableImage, load_rgb
 from crackcls.data.pipeline import image_dataset
-from crackcls.trust import companions, familiarity, shift
+from crackcls.model.scoring import (  # noqa: F401 - the shared answers, importable from here too
+    CRACK,
+    NO_CRACK,
+    Scores,
+    familiarity_references,
+    label_for,
+    set_shift,
+    unreadable_reason,
+)
+from crackcls.trust import companions, familiarity
 from crackcls.util import paths
 from crackcls.util.errors import CrackclsError
 
@@ -28,18 +35,6 @@ def model_input_size(model: keras.Model) -> int:
     if not (isinstance(shape, tuple) and len(shape) == 4 and shape[1] == shape[2] and shape[1]):
         raise CrackclsError(f"model input shape {shape} is not a square RGB image")
     return int(shape[1])
-
-
-# Predicted labels, as ``crackcls predict`` and the served model name them.
-CRACK = "crack"
-
-
-NO_CRACK = "no_crack"
-
-
-def label_for(probability: float, threshold: float) -> str:
-    """The same rule as the metrics: a probability at or above the threshold is a crack."""
-    return CRACK if probability >= threshold else NO_CRACK
 
 
 # One traced inference function per model: a server scoring request after request
@@ -111,15 +106,6 @@ def predict_with_features(
     return np.concatenate(probs), np.concatenate(flags), np.concatenate(pooled) if with_features else None
 
 
-@dataclass
-class Scores:
-    """Per-file results of :func:`score_files`, in input order."""
-
-    probabilities: np.ndarray  # NaN where the file could not be read
-    reasons: list[str | None]  # why a file was skipped (an images.REASONS entry); None if scored
-    familiarity: np.ndarray | None = None  # crackcls.trust.familiarity score (NaN where skipped); None without a familiarity reference
-
-
 def score_files(
     model: keras.Model,
     files: Sequence[str | Path],
@@ -141,31 +127,6 @@ def score_files(
     reasons = [None if good else unreadable_reason(paths.resolve(f, root), size) for f, good in zip(files, ok)]
     familiar = None if reference is None else np.where(ok, reference.score(features), np.nan)
     return Scores(np.where(ok, probs, np.nan).astype(np.float64), reasons, familiar)
-
-
-def familiarity_references(model: keras.Model) -> dict[str, dict[int, np.ndarray]] | None:
-    """Per known source and class, the validation images' familiarity scores; None when the model has no reference."""
-    reference = companions.of(model).familiarity
-    return None if reference is None else reference.validation_scores()
-
-
-def set_shift(
-    model: keras.Model, familiarity_scores: np.ndarray | None, predicted_crack: np.ndarray | None
-) -> shift.ShiftTest | None:
-    """The set-level shift test of one set's familiarity scores and predicted classes; None without a reference."""
-    references = familiarity_references(model)
-    if references is None or familiarity_scores is None:
-        return None
-    return shift.check_set(familiarity_scores, references, predicted_crack)
-
-
-def unreadable_reason(path: str | Path, size: int) -> str:
-    """Why :func:`crackcls.data.images.load_rgb` refuses ``path``."""
-    try:
-        load_rgb(path, size)
-    except UnreadableImage as exc:
-        return exc.reason
-    return "could not be decoded"  # failed in the pipeline, yet decodes now: changed meanwhile
 
 
 def load_model_file(path: str | Path) -> keras.Model:

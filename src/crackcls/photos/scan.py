@@ -220,7 +220,7 @@ class PhotoScan:
 
     @property
     def verdict(self) -> str:
-        from crackcls.model.inference import label_for  # one labelling rule for patches and photos
+        from crackcls.model.scoring import label_for  # one labelling rule for patches and photos
 
         return label_for(self.score, self.settings.threshold)
 
@@ -275,7 +275,7 @@ def tiles_of(photos: int) -> str:
 
 def tiles_shift(model, scans: Sequence[PhotoScan]):  # noqa: ANN001, ANN201 - a keras.Model in, a ShiftTest or None out
     """The set-level shift test over the tiles of all ``scans`` (None without a familiarity reference)."""
-    from crackcls.model.inference import set_shift
+    from crackcls.model.scoring import set_shift
 
     scored = [scan for scan in scans if scan.familiarity is not None]
     if not scored:
@@ -429,6 +429,21 @@ class _Pending:
     familiarity: np.ndarray | None = None
 
 
+def _scorer(model):  # noqa: ANN001, ANN202 - a keras.Model or a PortableModel
+    """(input size, familiarity reference or None, tiles → probabilities[, features]) for either runtime."""
+    from crackcls.model import portable
+
+    if portable.is_portable(model):
+        reference = portable.reference_of(model)
+        return model.input_size, reference, lambda pixels: model.forward(pixels, with_features=reference is not None)
+    from crackcls.model.inference import forward_pass, has_pool_layer, model_input_size
+    from crackcls.trust import companions
+
+    reference = companions.of(model).familiarity if has_pool_layer(model) else None
+    forward = forward_pass(model, with_features=reference is not None)  # familiarity from the same pass
+    return model_input_size(model), reference, lambda pixels: forward(pixels.astype(np.float32))
+
+
 def scan_files(
     model,  # noqa: ANN001 - a keras.Model
     files: Sequence[str | Path],
@@ -443,14 +458,9 @@ def scan_files(
     Tiles from consecutive photos share batches, so many small photos score as fast as one
     big one. ``progress`` is called with the number of tiles in each scored batch.
     """
-    from crackcls.model.inference import forward_pass, has_pool_layer, model_input_size
-    from crackcls.trust import companions
-
     if batch_size < 1:
         raise CrackclsError(f"--batch-size must be at least 1, got {batch_size}")
-    size = model_input_size(model)
-    reference = companions.of(model).familiarity if has_pool_layer(model) else None
-    forward = forward_pass(model, with_features=reference is not None)  # familiarity from the same pass
+    size, reference, forward = _scorer(model)
     pending: dict[int, _Pending] = {}
     for event in prefetched(tile_stream([Path(f) for f in files], settings, size, batch_size, overlay_size)):
         if isinstance(event, _Photo):
@@ -461,7 +471,7 @@ def scan_files(
             pending.pop(event.index, None)
             skips.add(event.path, event.reason)
         else:
-            out = forward(event.pixels.astype(np.float32))
+            out = forward(event.pixels)
             familiar = None
             if reference is not None:
                 out, features = out

@@ -149,7 +149,7 @@ def load_model(spec: str) -> tuple[keras.Model, str | None]:
         return load_model_file(paths.resolve(spec)), None
     store.configure_uri_only()
     try:
-        source_run = _source_run(spec)
+        source_run = store.source_run(spec)
         with tempfile.TemporaryDirectory() as tmp:
             local = Path(mlflow.artifacts.download_artifacts(artifact_uri=spec, dst_path=tmp))
             candidates = sorted(local.rglob("*.keras"))
@@ -158,21 +158,6 @@ def load_model(spec: str) -> tuple[keras.Model, str | None]:
             return load_model_file(candidates[0]), source_run
     except mlflow.exceptions.MlflowException as exc:
         raise CrackclsError(f"cannot resolve model {spec}: {exc.message.splitlines()[0]}") from None
-
-
-def _source_run(spec: str) -> str | None:
-    if spec.startswith("runs:/"):
-        return spec.removeprefix("runs:/").split("/", 1)[0]
-    if spec.startswith("models:/"):
-        name_part = spec.removeprefix("models:/")
-        client = store.client()
-        if "@" in name_part:
-            name, alias = name_part.split("@", 1)
-            return client.get_model_version_by_alias(name, alias).run_id
-        name, _, version = name_part.partition("/")
-        if version.isdigit():
-            return client.get_model_version(name, version).run_id
-    return None
 
 
 SOURCE_TAG_KEYS = ("accuracy", "balanced_accuracy", "recall")
@@ -216,3 +201,53 @@ def log_evaluation(
             log_to_mlflow(result, result_files, prefix=name, artifact_path=f"evaluation/{name}")
         if warnings:
             mlflow.set_tag("domain_shift_warning", " | ".join(warnings)[:5000])
+
+
+def log_export(spec: str, run_id: str, folder: Path, manifest: dict) -> str | None:
+    """The export folder as artifacts ``export/`` of the model's training run, the ONNX file also in MLflow's
+    ONNX flavour (``onnx_model``); a registered version is tagged with the formats and the parity figures.
+
+    Returns the registered version tagged, if ``spec`` names one.
+    """
+    import onnx
+
+    store.configure_uri_only()
+    with mlflow.start_run(run_id=run_id):
+        mlflow.log_artifacts(str(folder), artifact_path="export")
+        onnx_file = folder / "model.onnx"
+        if onnx_file.is_file():
+            mlflow.onnx.log_model(onnx.load(str(onnx_file)), name="onnx_model", pip_requirements=_onnx_requirements())
+        mlflow.log_metrics(
+            {f"export_{fmt}_{key}": value for fmt, check in manifest["parity"].items()
+             for key, value in check.items() if isinstance(value, (int, float)) and value is not None}  # fmt: skip
+        )
+    version = _version_of(spec)
+    if version is not None:
+        name, number = version
+        client = store.client()
+        client.set_model_version_tag(name, number, "export_formats", ",".join(manifest["files"]))
+        for fmt, check in manifest["parity"].items():
+            client.set_model_version_tag(
+                name, number, f"export_{fmt}_parity",
+                f"max |dp| {check['max_abs_difference']:.2g}, same label {check['label_agreement']:.4f} (n={check['n']})",
+            )  # fmt: skip
+        return number
+    return None
+
+
+def _onnx_requirements() -> list[str]:
+    from importlib.metadata import version
+
+    return [f"{name}=={version(name)}" for name in ("onnx", "onnxruntime", "numpy")]
+
+
+def _version_of(spec: str) -> tuple[str, str] | None:
+    """(name, version number) for ``models:/name@alias`` and ``models:/name/N``; None otherwise."""
+    if not spec.startswith("models:/"):
+        return None
+    name_part = spec.removeprefix("models:/")
+    if "@" in name_part:
+        name, alias = name_part.split("@", 1)
+        return name, str(store.client().get_model_version_by_alias(name, alias).version)
+    name, _, number = name_part.partition("/")
+    return (name, number) if number.isdigit() else None

@@ -192,3 +192,32 @@ def alias_or_none(model_name: str, alias: str):
         return client().get_model_version_by_alias(model_name, alias)
     except mlflow.exceptions.MlflowException:
         return None
+
+
+def source_run(spec: str) -> str | None:
+    """The run that logged the model at ``runs:/<id>/...`` or ``models:/<name>@<alias>`` / ``models:/<name>/<N>``."""
+    if spec.startswith("runs:/"):
+        return spec.removeprefix("runs:/").split("/", 1)[0]
+    if spec.startswith("models:/"):
+        name_part = spec.removeprefix("models:/")
+        if "@" in name_part:
+            name, alias = name_part.split("@", 1)
+            return client().get_model_version_by_alias(name, alias).run_id
+        name, _, version = name_part.partition("/")
+        if version.isdigit():
+            return client().get_model_version(name, version).run_id
+    return None
+
+
+def download_run_folder(spec: str, artifact_path: str, target: Path) -> Path:
+    """``artifact_path`` of the run behind ``spec``, downloaded into ``target``; a clear error when it is not there."""
+    configure_uri_only()
+    try:
+        run_id = source_run(spec)
+        if run_id is None:
+            raise CrackclsError(f"{spec}: not a models:/ or runs:/ URI")
+        return Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=artifact_path, dst_path=str(target)))
+    except mlflow.exceptions.MlflowException as exc:
+        raise CrackclsError(
+            f"{spec} has no {artifact_path}/ artifacts ({exc.message.splitlines()[0]}): run `crackcls export --model {spec}` first"
+        ) from None
