@@ -132,6 +132,7 @@ def test_make_export_then_predict_on_onnx_runtime_gives_the_keras_labels(demo_re
     rows = {runtime: [line.split()[:2] for line in out.stdout.splitlines() if line.startswith("/")] for runtime, out in by_runtime.items()}
     assert rows["onnx"] == rows["keras"] and len(rows["onnx"]) == 500
     assert "(ONNX Runtime)" in by_runtime["onnx"].stderr
+    assert "(ONNX Runtime)" in _run(["make", "predict", f"IN={images}"], demo_repo).stderr  # the champion has an export now
 
 
 TEST_METRICS = ("accuracy", "f1", "precision", "recall", "roc_auc")

@@ -184,3 +184,26 @@ def test_the_onnx_runtime_without_an_export_says_how_to_make_one(project, tmp_pa
     not_onnx.write_bytes(b"not a graph")
     with pytest.raises(CrackclsError, match="cannot load ONNX model"):
         predict.run([str(REPO_ROOT / "sample" / "mendeley" / "Positive")], str(not_onnx))
+
+
+def test_onnx_runtime_is_the_default_only_where_an_export_of_that_very_model_exists(project):
+    from crackcls.jobs import predict
+
+    images = [str(REPO_ROOT / "sample" / "mendeley" / "Positive")]
+    assert predict.runtime_for("models/model.keras", None) == "onnx"  # export.json names this file's sha256
+    assert predict.runtime_for(CHALLENGER, None) == "onnx"  # its run holds export/model.onnx
+    assert predict.runtime_for("models/model.keras", None, explain=True) == "keras"  # Grad-CAM needs Keras
+    assert predict.run(images, CHALLENGER).model == f"{CHALLENGER} (ONNX Runtime)"
+
+    sidecar = project / "models" / "export" / "export.json"
+    kept = sidecar.read_text()
+    stale = json.loads(kept)
+    stale["source_sha256"] = "0" * 64  # as if the model had been retrained since the export
+    sidecar.write_text(json.dumps(stale))
+    try:
+        assert predict.runtime_for("models/model.keras", None) == "keras"
+        assert predict.run(images, "models/model.keras").model == "models/model.keras"
+        with pytest.raises(CrackclsError, match="made from another model file"):
+            predict.run(images, "models/model.keras", runtime="onnx")
+    finally:
+        sidecar.write_text(kept)

@@ -123,7 +123,7 @@ def _ui_link(args: argparse.Namespace) -> int:
     return 0
 
 
-RUNTIME_HELP = "keras (TensorFlow) or onnx (ONNX Runtime on the model's export; TensorFlow never loaded). Default: onnx for a .onnx file or an export folder, else keras"
+RUNTIME_HELP = "keras (TensorFlow) or onnx (ONNX Runtime on the model's export, TensorFlow never loaded). Default: onnx when the model has an export made from it (crackcls export), else keras"
 
 
 def _export(args: argparse.Namespace) -> int:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import random
+import tempfile
 from dataclasses import asdict
 from pathlib import Path
 
@@ -20,6 +21,7 @@ from crackcls.data.images import SkipReport, iter_images, load_batch
 from crackcls.jobs.predict import _config, champion_spec
 from crackcls.model import export, portable
 from crackcls.model.inference import model_input_size
+from crackcls.tracking import store
 from crackcls.tracking.registry import load_model, log_export
 from crackcls.trust import companions
 from crackcls.util import atomic, paths
@@ -27,7 +29,7 @@ from crackcls.util.errors import CrackclsError
 from crackcls.util.paths import LABELS
 
 DEFAULT_OUT = Path("models/export")
-EXPORT_FILE = "export.json"
+EXPORT_FILE = portable.EXPORT_FILE
 REPRESENTATIVE_IMAGES = 200  # int8 calibration: drawn from the training split
 CHECK_IMAGES = 500  # parity: drawn from the test split
 SEED = 0
@@ -78,6 +80,17 @@ def _decode(files: list[Path], labels: list[int] | None, size: int) -> tuple[np.
     return images, np.array([label_of[p] for p in kept], bool)
 
 
+def _source_sha256(spec: str) -> str:
+    """The sha256 of the ``.keras`` file behind ``spec``: a local file, or the copy logged in its MLflow run."""
+    if "://" not in spec and not spec.startswith(("models:/", "runs:/")):
+        return portable.file_sha256(paths.resolve(spec))
+    with tempfile.TemporaryDirectory() as tmp:
+        files = sorted(store.download_run_folder(spec, "keras_file", Path(tmp)).glob("*.keras"))
+        if not files:
+            raise CrackclsError(f"{spec}: its run holds no keras_file/*.keras")
+        return portable.file_sha256(files[0])
+
+
 def sha256(path: Path) -> str:
     if path.is_dir():
         digest = hashlib.sha256()
@@ -122,6 +135,7 @@ def run(
     check_images, check_truth = _decode(*_sample(check_files, check_labels, CHECK_IMAGES), size)
 
     target = Path(out_dir) if out_dir else root / DEFAULT_OUT
+    source_sha256 = _source_sha256(spec)
     with atomic.atomic_dir(target) as staging:
         written, int8 = export.write_all(model, staging, formats, threshold, calibration, choose_on)
         companions.write(staging / portable.ONNX_FILE, stored)  # model.decision.json, model.familiarity.npz
@@ -133,6 +147,7 @@ def run(
         result = {
             "format_version": 1,
             "model": spec,
+            "source_sha256": source_sha256,  # of the .keras file: predict picks this export only for that file
             "crackcls_version": __version__,
             "input": {"name": portable.INPUT, "dtype": "uint8", "shape": [None, size, size, 3], "preprocessing": PREPROCESSING},
             "outputs": {

@@ -23,6 +23,7 @@ from crackcls.util import paths
 from crackcls.util.errors import CrackclsError
 
 ONNX_FILE = "model.onnx"
+EXPORT_FILE = "export.json"
 INPUT = "image"
 PROBABILITY = "crack_probability"
 FEATURES = "familiarity_features"
@@ -84,6 +85,30 @@ def load(spec: str | os.PathLike[str]) -> PortableModel:
         stored.familiarity = None  # an export without the features cannot be scored for familiarity
     companions.attach(model, stored)
     return model
+
+
+def file_sha256(path: Path) -> str:
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def export_of(model_file: Path) -> Path | None:
+    """The ``export/`` folder beside ``model_file`` when it was made from exactly this file, else None."""
+    import json
+
+    sidecar = model_file.parent / "export" / EXPORT_FILE
+    try:
+        recorded = json.loads(sidecar.read_text(encoding="utf-8")).get("source_sha256")
+    except (OSError, ValueError):
+        return None
+    if not (sidecar.parent / ONNX_FILE).is_file() or recorded != file_sha256(model_file):
+        return None
+    return sidecar.parent
 
 
 def reference_of(model: PortableModel):  # noqa: ANN201 - a familiarity.Reference or None

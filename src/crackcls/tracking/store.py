@@ -221,3 +221,16 @@ def download_run_folder(spec: str, artifact_path: str, target: Path) -> Path:
         raise CrackclsError(
             f"{spec} has no {artifact_path}/ artifacts ({exc.message.splitlines()[0]}): run `crackcls export --model {spec}` first"
         ) from None
+
+
+def run_has_artifact(spec: str, artifact_path: str) -> bool:
+    """Whether the run behind ``spec`` holds ``artifact_path`` (False for anything that is not an MLflow model URI)."""
+    configure_uri_only()
+    try:
+        run_id = source_run(spec)
+        if run_id is None:
+            return False
+        folder = artifact_path.rpartition("/")[0]
+        return any(item.path == artifact_path for item in client().list_artifacts(run_id, folder or None))
+    except mlflow.exceptions.MlflowException:
+        return False
