@@ -423,6 +423,36 @@ def test_split_interrupted_keeps_previous_manifests_and_reruns(tmp_path):
     assert staging_leftovers(project / "data") == []
 
 
+def test_sigterm_that_a_c_extension_turns_into_another_error_still_exits_as_sigterm(capsys):
+    """A SIGTERM while TensorFlow traces can surface as SystemError; the exit is still 143, in one line."""
+    from crackcls.util.errors import Terminated, user_errors_exit
+
+    cleaned = []
+
+    @user_errors_exit
+    def stage() -> None:
+        try:
+            try:
+                os.kill(os.getpid(), signal.SIGTERM)
+                time.sleep(5)
+            except Terminated:
+                raise SystemError("Objects/listobject.c:338: bad argument to internal function") from None
+        finally:
+            cleaned.append(True)
+
+    with pytest.raises(SystemExit) as exited:
+        stage()
+    assert exited.value.code == 128 + signal.SIGTERM and cleaned == [True]
+    assert capsys.readouterr().err.strip() == "interrupted: terminated by SIGTERM"
+
+    @user_errors_exit
+    def broken() -> None:
+        raise SystemError("a real bug")
+
+    with pytest.raises(SystemError, match="a real bug"):  # without a signal, an error stays an error
+        broken()
+
+
 def test_features_killed_mid_extraction_keeps_previous_cache_and_reruns(tmp_path):
     from crackcls.model import features as feature_cache
     from crackcls.stages import features

@@ -36,10 +36,17 @@ class Terminated(KeyboardInterrupt):
 TERMINATING_SIGNALS = tuple(s for s in (getattr(signal, "SIGTERM", None), getattr(signal, "SIGHUP", None)) if s)
 
 
+# The terminating signals received inside terminate_as_interrupt(): a Terminated raised while a C
+# extension runs can come out as another error (CPython reports "SystemError: ... bad argument to
+# internal function" when TensorFlow is tracing), and the exit must still say it was a SIGTERM.
+_RECEIVED: list[int] = []
+
+
 def _raise_terminated(signum: int, frame: object) -> None:
     # A second signal while unwinding kills at once (the default action), so a
     # cleanup that hangs can still be stopped.
     signal.signal(signum, signal.SIG_DFL)
+    _RECEIVED.append(signum)
     raise Terminated(signum)
 
 
@@ -50,6 +57,7 @@ def terminate_as_interrupt() -> Iterator[None]:
         yield  # signal handlers can only be installed from the main thread
         return
     previous = {}
+    _RECEIVED.clear()
     for signum in TERMINATING_SIGNALS:
         if signal.getsignal(signum) is signal.SIG_IGN:
             continue  # nohup and friends asked us to ignore it: keep ignoring
@@ -83,5 +91,12 @@ def user_errors_exit(func: Callable[..., T]) -> Callable[..., T]:
         except KeyboardInterrupt:
             print("interrupted", file=sys.stderr)
             raise SystemExit(130) from None
+        except Exception:
+            if not _RECEIVED:
+                raise
+            # the Terminated came out of a C extension as another error; the cleanup has run all the same
+            signum = _RECEIVED[-1]
+            print(f"interrupted: terminated by {signal.Signals(signum).name}", file=sys.stderr)
+            raise SystemExit(128 + signum) from None
 
     return wrapper
