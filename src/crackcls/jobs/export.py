@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import random
-import tempfile
 from dataclasses import asdict
 from pathlib import Path
 
@@ -17,12 +16,12 @@ import numpy as np
 
 from crackcls import __version__
 from crackcls.data import manifest
+from crackcls.data.download import sha256_file
 from crackcls.data.images import SkipReport, iter_images, load_batch
 from crackcls.jobs.predict import _config, champion_spec
 from crackcls.model import export, portable
 from crackcls.model.inference import model_input_size
-from crackcls.tracking import store
-from crackcls.tracking.registry import load_model, log_export
+from crackcls.tracking.registry import load_model_and_digest, log_export
 from crackcls.trust import companions
 from crackcls.util import atomic, paths
 from crackcls.util.errors import CrackclsError
@@ -80,25 +79,15 @@ def _decode(files: list[Path], labels: list[int] | None, size: int) -> tuple[np.
     return images, np.array([label_of[p] for p in kept], bool)
 
 
-def _source_sha256(spec: str) -> str:
-    """The sha256 of the ``.keras`` file behind ``spec``: a local file, or the copy logged in its MLflow run."""
-    if "://" not in spec and not spec.startswith(("models:/", "runs:/")):
-        return portable.file_sha256(paths.resolve(spec))
-    with tempfile.TemporaryDirectory() as tmp:
-        files = sorted(store.download_run_folder(spec, "keras_file", Path(tmp)).glob("*.keras"))
-        if not files:
-            raise CrackclsError(f"{spec}: its run holds no keras_file/*.keras")
-        return portable.file_sha256(files[0])
-
-
 def sha256(path: Path) -> str:
-    if path.is_dir():
-        digest = hashlib.sha256()
-        for file in sorted(p for p in path.rglob("*") if p.is_file()):
-            digest.update(file.relative_to(path).as_posix().encode())
-            digest.update(file.read_bytes())
-        return digest.hexdigest()
-    return hashlib.sha256(path.read_bytes()).hexdigest()
+    """A file's sha256; a folder's over its files' relative names and bytes, in name order."""
+    if not path.is_dir():
+        return sha256_file(path)
+    digest = hashlib.sha256()
+    for file in sorted(p for p in path.rglob("*") if p.is_file()):
+        digest.update(file.relative_to(path).as_posix().encode())
+        digest.update(file.read_bytes())
+    return digest.hexdigest()
 
 
 def size_of(path: Path) -> int:
@@ -118,10 +107,10 @@ def run(
     formats = formats or export.FORMATS
     spec = model_spec or champion_spec(config)
     root = paths.workspace_root()
-    model, source_run = load_model(spec)
+    model, source_run, source_sha256 = load_model_and_digest(spec)
     size = model_input_size(model)
     stored = companions.of(model)
-    threshold = stored.threshold if stored.threshold is not None else config.evaluate.threshold
+    threshold = companions.threshold(model, None, config.evaluate.threshold)
 
     train_files, train_labels = _folder_images(representative) if representative else _split_images("train", root)
     check_files, check_labels = _folder_images(check_data) if check_data else _split_images("test", root)
@@ -135,7 +124,6 @@ def run(
     check_images, check_truth = _decode(*_sample(check_files, check_labels, CHECK_IMAGES), size)
 
     target = Path(out_dir) if out_dir else root / DEFAULT_OUT
-    source_sha256 = _source_sha256(spec)
     with atomic.atomic_dir(target) as staging:
         written, int8 = export.write_all(model, staging, formats, threshold, calibration, choose_on)
         companions.write(staging / portable.ONNX_FILE, stored)  # model.decision.json, model.familiarity.npz

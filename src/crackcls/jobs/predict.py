@@ -128,7 +128,7 @@ def runtime_for(spec: str, runtime: str | None, explain: bool = False) -> str:
         return runtime
     if explain:
         return "keras"
-    if "://" in spec or spec.startswith(("models:/", "runs:/")):
+    if store.is_model_uri(spec):
         return "onnx" if store.run_has_artifact(spec, f"export/{portable.ONNX_FILE}") else "keras"
     path = paths.resolve(spec)
     if path.suffix == ".onnx" or (path.is_dir() and (path / portable.ONNX_FILE).is_file()):
@@ -143,7 +143,7 @@ def load_for(spec: str, runtime: str):  # noqa: ANN201 - a keras.Model or a port
         from crackcls.tracking.registry import load_model  # TensorFlow is imported only on this path
 
         return load_model(spec)[0]
-    if "://" in spec or spec.startswith(("models:/", "runs:/")):
+    if store.is_model_uri(spec):
         with tempfile.TemporaryDirectory() as tmp:  # the session and companions are read into memory
             return portable.load(store.download_run_folder(spec, "export", Path(tmp)))
     path = paths.resolve(spec)
@@ -156,6 +156,11 @@ def load_for(spec: str, runtime: str):  # noqa: ANN201 - a keras.Model or a port
             )
         path = folder
     return portable.load(path)
+
+
+def model_label(spec: str, runtime: str) -> str:
+    """How the summary names the model: the spec, and the runtime when it is not Keras."""
+    return spec if runtime == "keras" else f"{spec} (ONNX Runtime)"
 
 
 def score_with(model, files: Sequence[Path], batch_size: int, progress_update) -> Scores:  # noqa: ANN001
@@ -188,7 +193,7 @@ def run(
 
     with progress.bar(len(files), "predict", min_total=batch_size) as bar:
         scores = score_with(model, files, batch_size, bar.update)
-    result = PredictResult(spec if runtime == "keras" else f"{spec} (ONNX Runtime)", [])
+    result = PredictResult(model_label(spec, runtime), [])
     familiar = scores.familiarity if scores.familiarity is not None else [None] * len(files)
     for path, probability, reason, score in zip(files, scores.probabilities, scores.reasons, familiar):
         if reason is not None:

@@ -20,6 +20,7 @@ from crackcls.jobs.predict import (
     checked_batch_size,
     expand_inputs,
     load_for,
+    model_label,
     output_format,
     overlay_names,
     runtime_for,
@@ -113,8 +114,7 @@ def run(
     settings = settings_from(config, tile, stride, threshold, model)
     out = Path(overlay_dir) if overlay_dir is not None else None
     scans, skips = scan_paths(model, files, settings, batch_size, out, config.scan.overlay_size)
-    name = spec if runtime == "keras" else f"{spec} (ONNX Runtime)"
-    return ScanResult(name, scans, skips, tiles_shift(model, scans))
+    return ScanResult(model_label(spec, runtime), scans, skips, tiles_shift(model, scans))
 
 
 def regions_text(regions: list[dict]) -> str:

@@ -21,7 +21,7 @@ import numpy as np
 import tensorflow as tf
 
 from crackcls.model import portable
-from crackcls.model.inference import forward_pass, has_pool_layer, model_input_size
+from crackcls.model.inference import familiarity_reference, forward_pass, has_pool_layer, model_input_size
 from crackcls.trust import familiarity
 from crackcls.util.errors import CrackclsError
 
@@ -155,7 +155,7 @@ def parity(model: keras.Model, folder: Path, images: np.ndarray, labels: np.ndar
     """Each export in ``folder`` against the Keras model on ``images`` (uint8), with accuracies where ``labels`` are known."""
     if not len(images):
         raise CrackclsError("no readable images to check the exports against")
-    reference = companions_reference(model)
+    reference = familiarity_reference(model)
     forward = forward_pass(model, with_features=reference is not None)
     out = forward(images.astype(np.float32))
     keras_features = None
@@ -190,12 +190,6 @@ def parity(model: keras.Model, folder: Path, images: np.ndarray, labels: np.ndar
     return report
 
 
-def companions_reference(model: keras.Model) -> familiarity.Reference | None:
-    from crackcls.trust import companions
-
-    return companions.of(model).familiarity if has_pool_layer(model) else None
-
-
 def write_all(
     model: keras.Model,
     target: Path,
@@ -213,7 +207,8 @@ def write_all(
         raise CrackclsError("int8 LiteRT needs representative (training) and validation images")
     written: dict[str, Path] = {}
     int8: dict = {}
-    saved = write_saved_model(model, target / SAVED_MODEL_DIR)
+    needs_saved_model = {"saved_model", "litert", "litert_int8"} & set(formats)
+    saved = write_saved_model(model, target / SAVED_MODEL_DIR) if needs_saved_model else target / SAVED_MODEL_DIR
     if "saved_model" in formats:
         written["saved_model"] = saved
     if "onnx" in formats:
@@ -225,6 +220,6 @@ def write_all(
         written["litert_int8"] = path
         int8 = {"mode": mode, "representative_images": len(representative), "validation_images": len(choose_on),
                 "validation_label_agreement": tried[mode], "tried": tried}  # fmt: skip
-    if "saved_model" not in formats:
-        shutil.rmtree(saved)
+    if needs_saved_model and "saved_model" not in formats:
+        shutil.rmtree(saved)  # it was only the LiteRT converter's input
     return written, int8

@@ -63,6 +63,11 @@ def has_pool_layer(model: keras.Model) -> bool:
     return any(layer.name == familiarity.POOL_LAYER for layer in model.layers)
 
 
+def familiarity_reference(model: keras.Model) -> familiarity.Reference | None:
+    """The reference this model's images are scored against; None without one, or without the layer it reads."""
+    return companions.of(model).familiarity if has_pool_layer(model) else None
+
+
 def predict_files(
     model: keras.Model,
     files: Sequence[str | Path],
@@ -118,7 +123,7 @@ def score_files(
     The decoding pipeline only says *that* a file failed; each failure is decoded once
     more on its own to say *why* (failures are rare, so this costs nothing in bulk).
     """
-    reference = companions.of(model).familiarity if has_pool_layer(model) else None
+    reference = familiarity_reference(model)
     if not files:
         return Scores(np.zeros(0), [], None if reference is None else np.zeros(0))
     probs, ok, features = predict_with_features(model, files, batch_size, base, progress, reference is not None)

@@ -9,6 +9,7 @@ where the model has them, the familiarity features of the same forward pass.
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -16,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from crackcls.data.download import sha256_file
 from crackcls.data.images import SkipReport, load_batch
 from crackcls.model.scoring import Scores
 from crackcls.trust import companions
@@ -87,14 +89,16 @@ def load(spec: str | os.PathLike[str]) -> PortableModel:
     return model
 
 
-def file_sha256(path: Path) -> str:
-    import hashlib
+@functools.lru_cache(maxsize=16)
+def _digest(path: str, mtime_ns: int, size: int) -> str:
+    return sha256_file(Path(path))
 
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+
+def file_sha256(path: Path) -> str:
+    """sha256 of ``path``, hashed once per version of the file: choosing the runtime and loading the export
+    both ask for it."""
+    stat = path.stat()
+    return _digest(str(path.resolve()), stat.st_mtime_ns, stat.st_size)
 
 
 def export_of(model_file: Path) -> Path | None:

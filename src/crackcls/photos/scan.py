@@ -436,10 +436,9 @@ def _scorer(model):  # noqa: ANN001, ANN202 - a keras.Model or a PortableModel
     if portable.is_portable(model):
         reference = portable.reference_of(model)
         return model.input_size, reference, lambda pixels: model.forward(pixels, with_features=reference is not None)
-    from crackcls.model.inference import forward_pass, has_pool_layer, model_input_size
-    from crackcls.trust import companions
+    from crackcls.model.inference import familiarity_reference, forward_pass, model_input_size
 
-    reference = companions.of(model).familiarity if has_pool_layer(model) else None
+    reference = familiarity_reference(model)
     forward = forward_pass(model, with_features=reference is not None)  # familiarity from the same pass
     return model_input_size(model), reference, lambda pixels: forward(pixels.astype(np.float32))
 

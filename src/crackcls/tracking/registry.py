@@ -24,6 +24,8 @@ import mlflow
 import numpy as np
 from mlflow.models import infer_signature
 
+from crackcls.data.download import sha256_file
+from crackcls.model import portable
 from crackcls.model.evaluation import Evaluation
 from crackcls.model.inference import load_model_file
 from crackcls.tracking import lineage, serving, store
@@ -120,11 +122,15 @@ def log_and_register(
     return {"model_uri": info.model_uri, "keras_model_uri": keras_info.model_uri, "registered_model_version": version}
 
 
-def _requirements() -> list[str]:
+KERAS_REQUIREMENTS = ("tensorflow", "keras", "numpy", "pillow", "mlflow")
+ONNX_REQUIREMENTS = ("onnx", "onnxruntime", "numpy")
+
+
+def _requirements(names: Sequence[str] = KERAS_REQUIREMENTS) -> list[str]:
     """Exact versions of what the model needs to load; avoids MLflow's slow import probing."""
     from importlib.metadata import version
 
-    return [f"{name}=={version(name)}" for name in ("tensorflow", "keras", "numpy", "pillow", "mlflow")]
+    return [f"{name}=={version(name)}" for name in names]
 
 
 def log_to_mlflow(result: Evaluation, files: dict[str, Path], prefix: str, artifact_path: str) -> None:
@@ -145,8 +151,22 @@ def load_model(spec: str) -> tuple[keras.Model, str | None]:
     Returns the model and, for MLflow URIs, the run that produced it. Loading always
     goes through Keras's safe mode.
     """
-    if "://" not in spec and not spec.startswith(("models:/", "runs:/")):
-        return load_model_file(paths.resolve(spec)), None
+    model, source_run, _ = _load(spec, digest=False)
+    return model, source_run
+
+
+def load_model_and_digest(spec: str) -> tuple[keras.Model, str | None, str]:
+    """:func:`load_model`, and the sha256 of the ``.keras`` file it read (an export records it)."""
+    model, source_run, digest = _load(spec, digest=True)
+    return model, source_run, digest
+
+
+def _load(spec: str, digest: bool) -> tuple[keras.Model, str | None, str | None]:
+    def loaded(path: Path, source_run: str | None) -> tuple[keras.Model, str | None, str | None]:
+        return load_model_file(path), source_run, sha256_file(path) if digest else None
+
+    if not store.is_model_uri(spec):
+        return loaded(paths.resolve(spec), None)
     store.configure_uri_only()
     try:
         source_run = store.source_run(spec)
@@ -155,7 +175,7 @@ def load_model(spec: str) -> tuple[keras.Model, str | None]:
             candidates = sorted(local.rglob("*.keras"))
             if not candidates:
                 raise CrackclsError(f"{spec} holds no .keras model file")
-            return load_model_file(candidates[0]), source_run
+            return loaded(candidates[0], source_run)
     except mlflow.exceptions.MlflowException as exc:
         raise CrackclsError(f"cannot resolve model {spec}: {exc.message.splitlines()[0]}") from None
 
@@ -214,16 +234,16 @@ def log_export(spec: str, run_id: str, folder: Path, manifest: dict) -> str | No
     store.configure_uri_only()
     with mlflow.start_run(run_id=run_id):
         mlflow.log_artifacts(str(folder), artifact_path="export")
-        onnx_file = folder / "model.onnx"
+        onnx_file = folder / portable.ONNX_FILE
         if onnx_file.is_file():
-            mlflow.onnx.log_model(onnx.load(str(onnx_file)), name="onnx_model", pip_requirements=_onnx_requirements())
+            mlflow.onnx.log_model(onnx.load(str(onnx_file)), name="onnx_model", pip_requirements=_requirements(ONNX_REQUIREMENTS))
         mlflow.log_metrics(
             {f"export_{fmt}_{key}": value for fmt, check in manifest["parity"].items()
-             for key, value in check.items() if isinstance(value, (int, float)) and value is not None}  # fmt: skip
+             for key, value in check.items() if isinstance(value, (int, float))}  # fmt: skip
         )
-    version = _version_of(spec)
+    version = store.registered_version(spec)
     if version is not None:
-        name, number = version
+        name, number = version.name, str(version.version)
         client = store.client()
         client.set_model_version_tag(name, number, "export_formats", ",".join(manifest["files"]))
         for fmt, check in manifest["parity"].items():
@@ -233,21 +253,3 @@ def log_export(spec: str, run_id: str, folder: Path, manifest: dict) -> str | No
             )  # fmt: skip
         return number
     return None
-
-
-def _onnx_requirements() -> list[str]:
-    from importlib.metadata import version
-
-    return [f"{name}=={version(name)}" for name in ("onnx", "onnxruntime", "numpy")]
-
-
-def _version_of(spec: str) -> tuple[str, str] | None:
-    """(name, version number) for ``models:/name@alias`` and ``models:/name/N``; None otherwise."""
-    if not spec.startswith("models:/"):
-        return None
-    name_part = spec.removeprefix("models:/")
-    if "@" in name_part:
-        name, alias = name_part.split("@", 1)
-        return name, str(store.client().get_model_version_by_alias(name, alias).version)
-    name, _, number = name_part.partition("/")
-    return (name, number) if number.isdigit() else None

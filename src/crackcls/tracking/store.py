@@ -194,19 +194,29 @@ def alias_or_none(model_name: str, alias: str):
         return None
 
 
+def is_model_uri(spec: str) -> bool:
+    """An MLflow model URI (``models:/…``, ``runs:/…``, any ``scheme://``), not a path."""
+    return "://" in spec or spec.startswith(("models:/", "runs:/"))
+
+
+def registered_version(spec: str):  # noqa: ANN201 - an MLflow ModelVersion or None
+    """The registered version ``models:/<name>@<alias>`` or ``models:/<name>/<N>`` names; None for other specs."""
+    if not spec.startswith("models:/"):
+        return None
+    name_part = spec.removeprefix("models:/")
+    if "@" in name_part:
+        name, alias = name_part.split("@", 1)
+        return client().get_model_version_by_alias(name, alias)
+    name, _, version = name_part.partition("/")
+    return client().get_model_version(name, version) if version.isdigit() else None
+
+
 def source_run(spec: str) -> str | None:
     """The run that logged the model at ``runs:/<id>/...`` or ``models:/<name>@<alias>`` / ``models:/<name>/<N>``."""
     if spec.startswith("runs:/"):
         return spec.removeprefix("runs:/").split("/", 1)[0]
-    if spec.startswith("models:/"):
-        name_part = spec.removeprefix("models:/")
-        if "@" in name_part:
-            name, alias = name_part.split("@", 1)
-            return client().get_model_version_by_alias(name, alias).run_id
-        name, _, version = name_part.partition("/")
-        if version.isdigit():
-            return client().get_model_version(name, version).run_id
-    return None
+    version = registered_version(spec)
+    return None if version is None else version.run_id
 
 
 def download_run_folder(spec: str, artifact_path: str, target: Path) -> Path:
