@@ -15,11 +15,11 @@ from PIL import Image
 
 from crackcls.util.errors import CrackclsError
 from crackcls.data.images import SkipReport, load_rgb, patch_rgb
+from crackcls.photos.heatmap import draw_boxes
+from crackcls.photos.overlay import heat_picture, readable_overlay
 from crackcls.photos.scan import (
     ScanSettings,
     aggregate,
-    components,
-    overlay_image,
     prefetched,
     tile_grid,
     tile_stream,
@@ -126,8 +126,9 @@ def test_command_line_settings_override_params():
     from crackcls.config import parse_config
     from crackcls.jobs.scan import settings_from
 
-    config = parse_config({"scan": {"tile": 227, "stride": 150, "min_crack_tiles": 2, "connectivity": 4}, "evaluate": {"threshold": 0.7}})
-    assert settings_from(config) == ScanSettings(tile=227, stride=150, threshold=0.7, min_crack_tiles=2, connectivity=4)
+    scan = {"tile": 227, "stride": 150, "min_region_tiles": 2, "peak_threshold": 0.9, "connectivity": 4}
+    config = parse_config({"scan": scan, "evaluate": {"threshold": 0.7}})
+    assert settings_from(config) == ScanSettings(tile=227, stride=150, threshold=0.7, min_region_tiles=2, peak_threshold=0.9, connectivity=4)
     assert settings_from(config, tile=100).stride is None  # the configured stride does not fit a 100 px tile
     assert settings_from(config, tile=300, stride=120, threshold=0.4).step == 120
     with pytest.raises(CrackclsError, match="stride"):
@@ -147,6 +148,33 @@ def test_the_threshold_stored_with_the_model_applies_unless_one_is_given():
     companions.attach(model, companions.Companions(threshold=0.31, target_recall=0.99))
     assert settings_from(config, model=model).threshold == 0.31
     assert settings_from(config, threshold=0.6, model=model).threshold == 0.6
+
+
+def test_the_photo_rule_fitted_with_the_model_applies_unless_a_threshold_or_the_fixed_rule_is_asked_for():
+    import keras
+
+    from crackcls.config import parse_config
+    from crackcls.jobs.scan import settings_from
+    from crackcls.trust import companions
+
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(1)])
+    rule = {"tile_threshold": 0.62, "min_region_tiles": 3, "peak_threshold": 0.9, "validation": {"photo_recall": 0.96}}
+    companions.attach(model, companions.Companions(threshold=0.31, photo_rule=rule))
+    fitted = settings_from(parse_config({}), model=model)
+    assert (fitted.threshold, fitted.min_region_tiles, fitted.peak_threshold, fitted.fitted) == (0.62, 3, 0.9, True)
+    fixed = settings_from(parse_config({"scan": {"rule": "fixed", "min_region_tiles": 2}}), model=model)
+    assert (fixed.threshold, fixed.min_region_tiles, fixed.peak_threshold, fixed.fitted) == (0.31, 2, 1.0, False)
+    explicit = settings_from(parse_config({}), threshold=0.5, model=model)
+    assert (explicit.threshold, explicit.min_region_tiles, explicit.fitted) == (0.5, 1, False)
+
+
+def test_a_relative_tile_scales_with_each_photo():
+    settings = ScanSettings(tile=256, stride=128, tiles_across=18)
+    assert settings.tile_and_stride(4608, 3456) == (256, 128)
+    assert settings.tile_and_stride(1800, 1200) == (100, 50)
+    assert ScanSettings(tile=256).tile_and_stride(1800, 1200) == (256, None)
+    with pytest.raises(CrackclsError, match="tiles_across"):
+        ScanSettings(tiles_across=0)
 
 
 # ---------------------------------------------------------------- aggregation (pure)
@@ -175,25 +203,28 @@ def test_regions_of_shifted_edge_tiles_end_at_the_photo_edge():
     assert region.box == (150, 150, 250, 250)
 
 
-def test_verdict_needs_min_crack_tiles_and_agrees_with_the_score():
-    grid = tile_grid(300, 100, 100)
-    probs = np.array([[0.2, 0.8, 0.6]])
+def test_a_region_counts_by_its_size_or_its_peak_and_the_score_agrees_with_the_verdict():
+    grid = tile_grid(500, 100, 100)
+    probs = np.array([[0.2, 0.8, 0.6, 0.1, 0.55]])  # a two-tile region (peak 0.8) and a lone tile (0.55)
     one = aggregate("p", grid, probs, ScanSettings(tile=100, threshold=0.5))
-    assert one.verdict == "crack" and one.score == pytest.approx(0.8)
-    two = aggregate("p", grid, probs, ScanSettings(tile=100, threshold=0.5, min_crack_tiles=2))
-    assert two.verdict == "crack" and two.score == pytest.approx(0.6)
-    three = aggregate("p", grid, probs, ScanSettings(tile=100, threshold=0.5, min_crack_tiles=3))
-    assert three.verdict == "no_crack" and three.score == pytest.approx(0.2)
-    none = aggregate("p", grid, np.array([[0.1, 0.3, 0.49]]), ScanSettings(tile=100))
-    assert none.verdict == "no_crack" and none.regions == []
+    assert one.verdict == "crack" and one.score == pytest.approx(0.8) and len(one.regions) == 2
+    two = aggregate("p", grid, probs, ScanSettings(tile=100, threshold=0.5, min_region_tiles=2))
+    assert two.verdict == "crack" and [r.tiles for r in two.regions] == [2] and two.crack_tiles == 2  # the lone tile is noise
+    three = aggregate("p", grid, probs, ScanSettings(tile=100, threshold=0.5, min_region_tiles=3))
+    assert three.verdict == "no_crack" and three.regions == [] and three.crack_tiles == 0 and three.score < 0.5
+    sure = aggregate("p", grid, probs, ScanSettings(tile=100, threshold=0.5, min_region_tiles=3, peak_threshold=0.8))
+    assert sure.verdict == "crack" and [r.tiles for r in sure.regions] == [2] and sure.score == pytest.approx(0.5)
+    none = aggregate("p", grid, np.array([[0.1, 0.3, 0.49, 0.0, 0.0]]), ScanSettings(tile=100))
+    assert none.verdict == "no_crack" and none.regions == [] and none.score == pytest.approx(0.49)
 
 
-def test_components_four_and_eight():
-    mask = np.array([[1, 0, 1], [0, 1, 0], [1, 0, 0]], bool)
-    assert len(components(mask, 8)) == 1
-    assert len(components(mask, 4)) == 4
+def test_regions_join_at_corners_only_with_eight_connectivity():
+    grid = tile_grid(300, 300, 100)
+    probs = np.array([[0.9, 0, 0.9], [0, 0.9, 0], [0.9, 0, 0]])
+    assert len(aggregate("p", grid, probs, ScanSettings(tile=100, connectivity=8)).regions) == 1
+    assert len(aggregate("p", grid, probs, ScanSettings(tile=100, connectivity=4)).regions) == 4
     with pytest.raises(CrackclsError):
-        components(mask, 6)
+        ScanSettings(connectivity=6)
 
 
 def test_overlay_shows_crack_tiles_hot_and_boxes_them():
@@ -202,11 +233,39 @@ def test_overlay_shows_crack_tiles_hot_and_boxes_them():
     probs[0, 1] = probs[0, 2] = 0.95
     scan = aggregate("p", grid, probs, ScanSettings(tile=100))
     picture = np.full((100, 200, 3), 128, np.uint8)  # half-size copy of a grey photo
-    out = overlay_image(picture, scan)
+    out, _ = heat_picture(picture, scan)
+    out = draw_boxes(out, [(50, 0, 150, 50)])
     assert out.shape == picture.shape
     hot, cold = out[25, 75].astype(int), out[75, 25].astype(int)  # inside tile (0, 1); inside tile (1, 0)
     assert hot[0] > hot[2] + 40 and cold[2] > cold[0] + 40  # red where cracks are, blue elsewhere
     assert (out[0, 60:140] == 255).all()  # the region box (50..150 x 0..50 at half size), drawn in white
+
+
+def test_the_readable_overlay_has_a_colour_bar_marking_the_threshold_and_numbered_regions():
+    grid = tile_grid(800, 400, 100)
+    probs = np.zeros((4, 8))
+    probs[1, 1] = probs[1, 2] = 0.95
+    probs[3, 6] = 0.7
+    scan = aggregate("p", grid, probs, ScanSettings(tile=100, threshold=0.6))
+    picture = np.full((300, 600, 3), 128, np.uint8)
+    out = readable_overlay(picture, scan, "models:/crackcls@champion, crackcls v3")
+    assert out.shape[1] == 600 and out.shape[0] > 300
+    panel = out[300:].astype(int)
+    assert (panel == 255).all(axis=-1).mean() > 0.5  # a white panel below the photo, not over it
+    reds = (panel[..., 0] > 200) & (panel[..., 2] < 60)
+    blues = (panel[..., 2] > 200) & (panel[..., 0] < 60)
+    assert reds.any() and blues.any()  # the colour bar runs from blue (0) to red (1)
+    unit = round(600 / 55)
+    bar_top, bar_left, bar_right = 300 + unit * 3, unit, round(600 * 0.38)
+    marker = bar_left + round(0.6 * (bar_right - bar_left))
+    assert (out[bar_top + unit // 2, marker : marker + 2] < 40).all()  # the threshold line across the bar, in black
+    assert (out[bar_top + unit // 2, marker + 8] > 40).any()  # and only there
+    photo = out[:300]
+    box_left, box_top = 75, 75  # region 1: tiles (1, 1)-(1, 2) at 3/4 scale
+    tab = photo[box_top - 12 : box_top - 1, box_left : box_left + 12]
+    assert 0.5 < (tab < 30).all(axis=-1).mean() < 1.0  # a dark tab on the region's top-left corner, its number in white
+    assert (photo[box_top - 12 : box_top - 1, box_left + 100] > 40).any(axis=-1).all()  # no tab elsewhere on the edge
+    assert (photo[box_top + 10, box_left : box_left + 2] == 255).all()  # the white box itself
 
 
 # ---------------------------------------------------------------- streaming (no model)
@@ -342,7 +401,8 @@ def test_scan_command_writes_rows_tiles_and_overlays(patch_model, sample, tmp_pa
     tiles = (tmp_path / "tiles.csv").read_text().splitlines()
     assert tiles[0] == "path,row,col,left,top,right,bottom,crack_probability,crack" and len(tiles) == 1 + 20 + 1
     overlay = Image.open(rows["odd.jpg"]["overlay"])
-    assert overlay.format == "PNG" and overlay.size == (1024, round(1024 * (4 * PATCH - 50) / (5 * PATCH - 30)))
+    photo_height = round(1024 * (4 * PATCH - 50) / (5 * PATCH - 30))
+    assert overlay.format == "PNG" and overlay.width == 1024 and overlay.height > photo_height  # the photo, then its legend
     assert Path(rows["odd.jpg"]["overlay"]).name == "odd_scan.png"
 
 
@@ -445,3 +505,100 @@ def test_a_100_megapixel_photo_scans_in_bounded_memory(patch_model, sample, tmp_
     assert peak_big - base_big <= 600, (peak_big, base_big)
     assert peak_big - peak_small <= 450, (peak_big, peak_small)
     assert peak_big <= 1500
+
+
+# ---------------------------------------------------------------- real photos (the shared SDNET2018 photos)
+REAL_PHOTOS = REPO_ROOT.parent / "shared" / "data" / "sdnet2018-photos"
+REAL_TILE = 256
+
+
+@pytest.fixture(scope="module")
+def real_photos(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Crops of real SDNET2018 photos, 6 x 6 tiles of 256 px, with their tile truth shifted to the crops."""
+    if not (REAL_PHOTOS / "truth.json").is_file():
+        pytest.skip("the shared SDNET2018 photos are not here (../shared/data/sdnet2018-photos)")
+    root = tmp_path_factory.mktemp("real-photos")
+    truth = json.loads((REAL_PHOTOS / "truth.json").read_text())
+    crops = {"Positive/decks_7029.jpg": (512, 1024), "Positive/walls_7124.jpg": (0, 0), "Negative/pavements_024.jpg": (1024, 1024)}
+    shifted = {}
+    for name, (left, top) in crops.items():
+        size = 6 * REAL_TILE
+        with Image.open(REAL_PHOTOS / name) as im:
+            save(np.asarray(im.convert("RGB").crop((left, top, left + size, top + size))), root / name, quality=92)
+        shifted[name] = [[x0 - left, y0 - top, x1 - left, y1 - top] for x0, y0, x1, y1 in truth.get(name, [])
+                         if left <= x0 < left + size and top <= y0 < top + size]  # fmt: skip
+    (root / "truth.json").write_text(json.dumps(shifted))
+    return root
+
+
+def fitted_patch_model(patch_model: Path, target: Path) -> tuple[Path, dict]:
+    """The patch model with a photo rule fitted on its probabilities of the bundled SDNET2018 tiles (parents from names)."""
+    import shutil
+
+    from crackcls.model.inference import load_model_file, predict_files
+    from crackcls.trust import companions, photo_rule
+
+    manifest = [line.split("\t") for line in (REPO_ROOT / "sample/sdnet2018/MANIFEST.tsv").read_text().splitlines()[1:]]
+    files = [REPO_ROOT / "sample/sdnet2018" / row[0] for row in manifest]
+    probabilities, ok = predict_files(load_model_file(patch_model), files, 64, base=REPO_ROOT)
+    labels = np.array([row[5].strip() == "Positive" for row in manifest], int)
+    photos = photo_rule.validation_photos(probabilities[ok], labels[ok], [r[2] for r in manifest], [r[3] for r in manifest])
+    fitted = photo_rule.fit(photos, 0.95)
+    model_file = target / "fitted.keras"
+    shutil.copy(patch_model, model_file)
+    rule = {**fitted.rule.as_dict(), "validation": fitted.metrics}
+    companions.write(model_file, companions.Companions(photo_rule=rule))
+    return model_file, rule
+
+
+def test_the_fitted_rule_stored_with_a_model_is_what_scans_real_photos(patch_model, real_photos, tiny_project, capsys):
+    from crackcls import cli
+    from crackcls.trust import photo_rule
+    from crackcls.trust.photo_rule import PhotoRule
+
+    model_file, stored = fitted_patch_model(patch_model, tiny_project)
+    rule = PhotoRule.from_dict(stored)
+    with pytest.raises(SystemExit) as exit_code:
+        cli.main(["scan", str(real_photos), "--model", str(model_file), "--tile", str(REAL_TILE), "--format", "json",
+                  "--tiles", "tiles.csv", "--overlay", "overlays"])  # fmt: skip
+    assert exit_code.value.code == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert len(rows) == 3
+    tiles = list(csv.DictReader((tiny_project / "tiles.csv").open()))
+    for row in rows:
+        assert (row["threshold"], row["min_region_tiles"], row["peak_threshold"]) == pytest.approx(
+            (rule.tile_threshold, rule.min_region_tiles, rule.peak_threshold))
+        mine = [t for t in tiles if t["path"] == row["path"]]
+        grid = np.zeros((6, 6))
+        for t in mine:
+            grid[int(t["row"]), int(t["col"])] = float(t["crack_probability"])
+        mask = photo_rule.crack_mask(grid, rule)
+        assert row["crack_tiles"] == int(mask.sum()) == sum(t["crack"] == "True" for t in mine)
+        assert row["verdict"] == ("crack" if mask.any() else "no_crack")
+        assert Image.open(row["overlay"]).height > 1024 * 1  # the 1024 px photo and its legend below
+    plain = cli_rows(["scan", str(real_photos), "--model", str(model_file), "--tile", str(REAL_TILE), "--threshold",
+                      str(rule.tile_threshold), "--format", "json"], capsys)  # fmt: skip
+    assert all(row["min_region_tiles"] == 1 for row in plain)  # an explicit threshold is the fixed rule
+    assert sum(r["crack_tiles"] for r in plain) >= sum(r["crack_tiles"] for r in rows)
+
+    with pytest.raises(SystemExit) as exit_code:
+        cli.main(["evaluate", "--scan", "--data", str(real_photos), "--model", str(model_file), "--tile-truth",
+                  str(real_photos / "truth.json"), "--out", "real-eval"])  # fmt: skip
+    assert exit_code.value.code == 0
+    import mlflow
+
+    from crackcls.tracking import store
+
+    store.configure_uri_only()
+    logged = mlflow.search_runs(experiment_names=["tests"], output_format="list")[0].data
+    assert logged.params["scan_rule"] == "fitted" and float(logged.params["scan_tile_threshold"]) == pytest.approx(rule.tile_threshold)
+    assert "scan_tile_recall" in logged.metrics and "scan_fp_tiles_per_photo" in logged.metrics
+
+
+def cli_rows(args: list[str], capsys) -> list[dict]:  # noqa: ANN001
+    from crackcls import cli
+
+    with pytest.raises(SystemExit) as exit_code:
+        cli.main(args)
+    assert exit_code.value.code == 0
+    return json.loads(capsys.readouterr().out)

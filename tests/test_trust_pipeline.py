@@ -198,3 +198,39 @@ def test_scan_scores_each_tile_and_tests_the_tiles_as_a_set(here, tmp_path):
         deck = scan.run([str(sorted(photos.glob("decks_*"))[0])], KERAS_FILE)
         assert deck.shift.shifted and deck.scans[0].row()["unfamiliar"], deck.shift
         assert f"SHIFT: these {deck.scans[0].tiles} tiles of 1 photo are unlike the training data" in scan.summary(deck)
+
+
+def test_the_photo_rule_is_fitted_on_validation_photos_and_every_scan_path_uses_it(here, tmp_path):
+    import base64
+
+    import mlflow
+    import pandas as pd
+
+    from crackcls.jobs import scan
+    from crackcls.tracking import store
+    from crackcls.tracking.registry import load_model
+    from crackcls.trust import companions
+
+    decision = json.loads((here / "models/model.decision.json").read_text())
+    rule = decision["photo_rule"]
+    assert 0 < rule["tile_threshold"] <= rule["peak_threshold"] <= 1 and rule["min_region_tiles"] >= 1
+    assert rule["validation"]["target_photo_recall"] == 0.95 and rule["validation"]["photos"] > 0
+    store.configure_uri_only()
+    version = store.client().get_model_version_by_alias("crackcls", "challenger")
+    logged = store.client().get_run(version.run_id).data.metrics
+    assert logged["scan_tile_threshold"] == pytest.approx(rule["tile_threshold"])
+    assert logged["val_scan_photo_recall"] == pytest.approx(rule["validation"]["photo_recall"])
+
+    photo = REPO_ROOT / "sample" / "mendeley" / "Positive"
+    files = sorted(photo.glob("*.jpg"))[:2]
+    result = scan.run([str(f) for f in files], KERAS_FILE)  # crackcls scan
+    assert {s.settings.threshold for s in result.scans} == {pytest.approx(rule["tile_threshold"])}
+    assert all(s.settings.fitted and s.settings.min_region_tiles == rule["min_region_tiles"] for s in result.scans)
+    model, _ = load_model("models:/crackcls@challenger")  # evaluate --scan loads it so
+    assert companions.of(model).photo_rule == rule
+    served = mlflow.pyfunc.load_model("models:/crackcls@challenger")  # the served scan
+    encoded = [base64.b64encode(f.read_bytes()).decode() for f in files]
+    rows = served.predict(pd.DataFrame({"image": encoded}), params={"scan": True})
+    assert rows["threshold"].tolist() == pytest.approx([rule["tile_threshold"]] * 2)
+    fixed = scan.run([str(f) for f in files], KERAS_FILE, threshold=0.5)
+    assert {s.settings.threshold for s in fixed.scans} == {0.5} and not fixed.scans[0].settings.fitted

@@ -58,7 +58,13 @@ class ScanConfig(Section):
 
     tile: int = Field(default=227, ge=8, le=4096, description="tile side in photo pixels")
     stride: int | None = Field(default=None, ge=8, le=4096, description="step between tiles; null = tile")
-    min_crack_tiles: int = Field(default=1, ge=1, description="crack tiles a photo needs for a crack verdict")
+    tiles_across: int | None = Field(default=None, ge=1, le=512, description="set: tile = a photo's longest side / this")
+    # fitted: the photo rule fitted with the model on its validation photos (stored beside it), where it has one;
+    # fixed: the model's patch threshold and the two values below
+    rule: Literal["fitted", "fixed"] = "fitted"
+    target_photo_recall: float | None = Field(default=0.95, gt=0, le=1, description="photo recall the fitted rule aims for")
+    min_region_tiles: int = Field(default=1, ge=1, description="tiles a region needs to count (fixed rule)")
+    peak_threshold: float = Field(default=1.0, gt=0, le=1, description="peak that makes a smaller region count (fixed rule)")
     connectivity: Literal[4, 8] = 8
     overlay_size: int = Field(default=1024, ge=64, le=8192, description="longest side of an overlay PNG")
 

@@ -101,7 +101,7 @@ def run_scan(model_spec: str, data: str, out_dir: str | None = None, tile_truth:
         result.metrics.update(result.shift.metrics())
     tile_metrics = tile_level_metrics(scans, truth, folder) if truth is not None else {}
     target = Path(out_dir) if out_dir else workspace / paths.REPORTS_DIR / "eval" / slug(f"scan-{model_spec}-{folder.name}")
-    scan_info = {"scan_tile": settings.tile, "scan_stride": settings.step, "scan_min_crack_tiles": settings.min_crack_tiles}
+    scan_info = settings.describe()
     files = write_reports(result, target, extra={"model": model_spec, "data": data, **scan_info})
     if truth is not None:
         files["tiles"] = target / TILE_REPORT

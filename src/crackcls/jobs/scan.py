@@ -27,8 +27,8 @@ from crackcls.jobs.predict import (
 )
 from crackcls.model.scoring import CRACK
 from crackcls.photos.heatmap import save_png
-from crackcls.photos.scan import PhotoScan, ScanSettings, overlay_image, scan_files, tiles_of, tiles_shift
-from crackcls.trust import companions
+from crackcls.photos.overlay import readable_overlay
+from crackcls.photos.scan import PhotoScan, ScanSettings, scan_files, settings_for, tiles_of, tiles_shift
 from crackcls.trust.shift import ShiftTest
 from crackcls.util import atomic, progress
 from crackcls.util.errors import CrackclsError
@@ -55,23 +55,27 @@ def settings_from(
     tile: int | None = None,
     stride: int | None = None,
     threshold: float | None = None,
-    model=None,  # noqa: ANN001 - a keras.Model whose stored threshold applies
+    model=None,  # noqa: ANN001 - a keras.Model or PortableModel whose stored rule and threshold apply
+    tiles_across: int | None = None,
 ) -> ScanSettings:
     """params.yaml's ``scan`` section, with the command line's overrides.
 
-    The tile threshold is the one ``predict`` uses: an explicit one, else the one stored
-    with the model (set for a recall target), else ``evaluate.threshold``.
+    The photo rule is the one fitted with the model (``scan.rule: fitted``, where the model
+    has one and no ``--threshold`` is given); otherwise the tile threshold is the one
+    ``predict`` uses (an explicit one, else the model's stored one, else
+    ``evaluate.threshold``) with params.yaml's ``min_region_tiles`` and ``peak_threshold``.
+    A ``--tile`` given here replaces a configured ``tiles_across``.
     """
+    if tile is None and tiles_across is None:
+        tiles_across = config.scan.tiles_across
     tile = tile or config.scan.tile
     if stride is None and config.scan.stride is not None and config.scan.stride <= tile:
         stride = config.scan.stride  # a configured stride too long for a --tile given here is left out
-    return ScanSettings(
-        tile=tile,
-        stride=stride,
-        threshold=companions.threshold(model, threshold, config.evaluate.threshold),
-        min_crack_tiles=config.scan.min_crack_tiles,
-        connectivity=config.scan.connectivity,
-    )
+    scan = config.scan
+    return settings_for(
+        model, tile, stride, threshold, config.evaluate.threshold, scan.rule == "fitted",
+        scan.min_region_tiles, scan.peak_threshold, scan.connectivity, tiles_across,
+    )  # fmt: skip
 
 
 def scan_paths(
@@ -81,15 +85,16 @@ def scan_paths(
     batch_size: int,
     overlay_dir: Path | None = None,
     overlay_size: int = 1024,
+    model_name: str = "",
 ) -> tuple[list[PhotoScan], SkipReport]:
-    """Scan ``files``; with ``overlay_dir``, write ``<stem>_scan.png`` per photo as it finishes."""
+    """Scan ``files``; with ``overlay_dir``, write ``<stem>_scan.png`` per photo as it finishes, legend naming ``model_name``."""
     skips = SkipReport()
     targets = overlay_names(files, overlay_dir, OVERLAY_SUFFIX) if overlay_dir is not None else {}
     scans = []
     with progress.bar(None, "scan", unit="tile") as bar:  # counts tiles
         for scan, picture in scan_files(model, files, settings, batch_size, skips, overlay_size if targets else None, bar.update):
             if picture is not None:
-                scan.overlay = str(save_png(overlay_image(picture, scan), targets[Path(scan.path)]))
+                scan.overlay = str(save_png(readable_overlay(picture, scan, model_name), targets[Path(scan.path)]))
             scans.append(scan)
     return scans, skips
 
@@ -103,23 +108,41 @@ def run(
     batch_size: int | None = None,
     overlay_dir: str | os.PathLike[str] | None = None,
     runtime: str | None = None,
+    tiles_across: int | None = None,
 ) -> ScanResult:
     config = _config()
-    settings_from(config, tile, stride, threshold)  # bad settings fail before the model loads
+    settings_from(config, tile, stride, threshold, tiles_across=tiles_across)  # bad settings fail before the model loads
     batch_size = checked_batch_size(config, batch_size)
     files = expand_inputs(inputs)
     spec = model_spec or champion_spec(config)
     runtime = runtime_for(spec, runtime)
     model = load_for(spec, runtime)
-    settings = settings_from(config, tile, stride, threshold, model)
+    settings = settings_from(config, tile, stride, threshold, model, tiles_across)
     out = Path(overlay_dir) if overlay_dir is not None else None
-    scans, skips = scan_paths(model, files, settings, batch_size, out, config.scan.overlay_size)
-    return ScanResult(model_label(spec, runtime), scans, skips, tiles_shift(model, scans))
+    label = model_label(spec, runtime)
+    named = model_version(spec, label) if out is not None else label
+    scans, skips = scan_paths(model, files, settings, batch_size, out, config.scan.overlay_size, named)
+    return ScanResult(label, scans, skips, tiles_shift(model, scans))
+
+
+def model_version(spec: str, label: str) -> str:
+    """``label`` with the version that answered: the registered version, or the start of the model file's sha256."""
+    from crackcls.model.portable import file_sha256
+    from crackcls.tracking import store
+
+    try:
+        version = store.registered_version(spec)
+    except Exception:  # noqa: BLE001 - a label is never worth a failed scan
+        version = None
+    if version is not None:
+        return f"{label}, {version.name} v{version.version}"
+    path = Path(spec)
+    return f"{label}, sha256 {file_sha256(path)[:12]}" if path.is_file() else label
 
 
 def regions_text(regions: list[dict]) -> str:
-    """``left,top-right,bottom`` per region, for the table."""
-    return " ".join(f"{r['left']},{r['top']}-{r['right']},{r['bottom']}" for r in regions) or "-"
+    """``1:left,top-right,bottom`` per region, numbered as on the overlay, for the table."""
+    return " ".join(f"{n}:{r['left']},{r['top']}-{r['right']},{r['bottom']}" for n, r in enumerate(regions, 1)) or "-"
 
 
 def render(result: ScanResult, fmt: str) -> str:

@@ -1,6 +1,6 @@
-"""What is fitted on a trained model before it is saved: temperature, decision threshold, familiarity.
+"""What is fitted on a trained model before it is saved: temperature, decision threshold, photo rule, familiarity.
 
-All three use the training and validation splits only, never the test split, so the
+All four use the training and validation splits only, never the test split, so the
 test figures that ``evaluate`` reports about them stay honest.
 """
 
@@ -14,7 +14,7 @@ import numpy as np
 
 from crackcls.data import manifest
 from crackcls.model.inference import predict_files, predict_with_features
-from crackcls.trust import calibration, familiarity, thresholds
+from crackcls.trust import calibration, familiarity, photo_rule, thresholds
 from crackcls.trust.companions import Companions
 from crackcls.util import paths
 from crackcls.util.errors import CrackclsError
@@ -33,6 +33,7 @@ class _Scored:
     probabilities: np.ndarray
     features: np.ndarray  # familiarity features
     sources: list[str]
+    parents: list[str]
 
 
 def _features(model: keras.Model, split: str, batch_size: int, workspace: Path) -> _Scored:
@@ -41,19 +42,28 @@ def _features(model: keras.Model, split: str, batch_size: int, workspace: Path) 
     files = [it.path for it in items]
     probs, ok, feats = predict_with_features(model, files, batch_size, base=workspace)
     if not items:
-        return _Scored([], np.zeros(0, int), np.zeros(0), np.zeros((0, 0), np.float32), [])
+        return _Scored([], np.zeros(0, int), np.zeros(0), np.zeros((0, 0), np.float32), [], [])
     kept = [it for it, good in zip(items, ok) if good]
     labels = np.asarray([it.label for it in kept], int)
-    return _Scored([it.path for it in kept], labels, probs[ok], feats[ok], [it.source for it in kept])
+    return _Scored([it.path for it in kept], labels, probs[ok], feats[ok], [it.source for it in kept], [it.parent for it in kept])
 
 
 def fit(
-    model: keras.Model, workspace: Path, *, batch_size: int, threshold: float, target_recall: float | None
+    model: keras.Model,
+    workspace: Path,
+    *,
+    batch_size: int,
+    threshold: float,
+    target_recall: float | None,
+    target_photo_recall: float | None = photo_rule.DEFAULT_TARGET_PHOTO_RECALL,
+    connectivity: int = 8,
 ) -> Fitted:
-    """Calibrate ``model`` in place (temperature folded into its output layer); pick threshold and familiarity reference.
+    """Calibrate ``model`` in place (temperature folded into its output layer); pick threshold, photo rule, familiarity.
 
     ``threshold`` is kept unless ``target_recall`` is set: then the threshold is the highest
-    that reaches that recall on the validation split.
+    that reaches that recall on the validation split. The photo rule is fitted on validation
+    photos built from the validation split to find ``target_photo_recall`` of cracked photos
+    (None: no rule is fitted and scans use params.yaml's).
     """
     val = _features(model, "val", batch_size, workspace)
     train = _features(model, "train", batch_size, workspace)
@@ -78,6 +88,10 @@ def fit(
         threshold = thresholds.for_recall(val_labels, val_prob, target)
         metrics["val_recall_at_threshold"] = thresholds.recall_at(val_labels, val_prob, threshold)
     metrics["decision_threshold"] = threshold
+    rule = None
+    if target_photo_recall is not None and len(val_files):
+        rule, rule_metrics = _photo_rule(calibration.sigmoid(logits / temperature), val, target_photo_recall, connectivity)
+        metrics.update(rule_metrics)
 
     layout = familiarity.layout_of(model)
     if layout is None:
@@ -85,4 +99,17 @@ def fit(
     reference = familiarity.fit(train.features, val.features, layout, train.sources, val.sources, val.labels)
     metrics["familiarity_sources"] = len(reference.sources)
     metrics["familiarity_bank_mb"] = reference.bank_bytes / 1e6
-    return Fitted(Companions(threshold, target, temperature, reference), metrics)
+    return Fitted(Companions(threshold, target, temperature, reference, rule), metrics)
+
+
+def _photo_rule(probabilities: np.ndarray, val: _Scored, target: float, connectivity: int) -> tuple[dict | None, dict]:
+    """The photo rule fitted on validation photos (None where the split cannot make any), and its figures for MLflow."""
+    try:
+        photos = photo_rule.validation_photos(probabilities, val.labels, val.sources, val.parents)
+    except CrackclsError:
+        return None, {}
+    fitted = photo_rule.fit(photos, target, connectivity)
+    rule = {**fitted.rule.as_dict(), "validation": {key: round(float(v), 6) for key, v in fitted.metrics.items()}}
+    figures = {f"val_scan_{key}": float(value) for key, value in fitted.metrics.items() if key != "target_photo_recall"}
+    figures.update({f"scan_{key}": float(value) for key, value in fitted.rule.as_dict().items()})
+    return rule, figures

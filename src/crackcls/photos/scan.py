@@ -8,12 +8,14 @@ shorter than a tile gets one tile spanning it (a photo smaller than a tile is on
 Each tile is resized to the model's input along the steps a JPEG training patch takes
 (:func:`crackcls.data.images.patch_rgb`: the DCT draft's power-of-two reduction, then bicubic).
 
-The rule, in one place (:func:`aggregate`): a tile is a crack tile when its probability is
-at least the threshold; a photo is ``crack`` when it holds at least ``min_crack_tiles``
-crack tiles. Its ``score`` is its ``min_crack_tiles``-th highest tile probability, so
-``verdict == crack`` exactly when ``score >= threshold`` (photo-level metrics use it).
-Crack tiles that touch (at edges with 4-connectivity, also at corners with 8) merge into
-one region, reported as the box around its tiles in pixels of the upright photo (after EXIF
+The rule, in one place (:mod:`crackcls.trust.photo_rule`): tiles at or above the tile
+threshold that touch (at edges with 4-connectivity, also at corners with 8) form a region;
+a region counts when it has at least ``min_region_tiles`` tiles or its peak reaches
+``peak_threshold``, and a photo is ``crack`` when one does. A model trained here carries the
+rule fitted on its validation photos (``model.decision.json``); ``scan.rule: fixed`` or an
+explicit ``--threshold`` uses params.yaml's instead. The photo's ``score`` reaches the tile
+threshold exactly when its verdict is ``crack`` (photo-level metrics use it). Counted regions
+are reported as the box around their tiles in pixels of the upright photo (after EXIF
 orientation; left and top inclusive, right and bottom exclusive).
 
 Memory: a photo is decoded once, in full (3 bytes per pixel: 300 MB for 100 MP, at most
@@ -34,7 +36,8 @@ from pathlib import Path
 import numpy as np
 
 from crackcls.data.images import SkipReport, UnreadableImage, decoded, patch_rgb, resized_rgb
-from crackcls.photos import heatmap
+from crackcls.trust import companions, photo_rule
+from crackcls.trust.photo_rule import PhotoRule
 from crackcls.util.errors import CrackclsError
 
 Box = tuple[int, int, int, int]  # left, top, right, bottom; right and bottom exclusive
@@ -42,16 +45,19 @@ Box = tuple[int, int, int, int]  # left, top, right, bottom; right and bottom ex
 DEFAULT_TILE = 227
 # Tile batches cut ahead of the model: enough to hide decoding, small enough to bound memory.
 PREFETCH = 2
-CONNECTIVITY = (4, 8)
+CONNECTIVITY = photo_rule.CONNECTIVITY
 
 
 @dataclass(frozen=True)
 class ScanSettings:
     tile: int = DEFAULT_TILE
     stride: int | None = None  # None: the tile, no overlap
-    threshold: float = 0.5
-    min_crack_tiles: int = 1
+    threshold: float = 0.5  # the tile threshold
+    min_region_tiles: int = 1
+    peak_threshold: float = 1.0
     connectivity: int = 8
+    fitted: bool = False  # the rule is the one fitted with the model
+    tiles_across: int | None = None  # set: each photo's tile is its longest side over this (tile and stride scale with it)
 
     def __post_init__(self) -> None:
         if self.tile < 1:
@@ -60,14 +66,62 @@ class ScanSettings:
             raise CrackclsError(f"--stride must be between 1 and the tile ({self.tile}), got {self.stride}: a larger step skips pixels")
         if not 0.0 <= self.threshold <= 1.0:
             raise CrackclsError(f"--threshold must be between 0 and 1, got {self.threshold:g}")
-        if self.min_crack_tiles < 1:
-            raise CrackclsError(f"min_crack_tiles must be at least 1, got {self.min_crack_tiles}")
+        self.rule  # noqa: B018 - validates the rule's values
+        if self.tiles_across is not None and self.tiles_across < 1:
+            raise CrackclsError(f"tiles_across must be at least 1, got {self.tiles_across}")
         if self.connectivity not in CONNECTIVITY:
             raise CrackclsError(f"connectivity must be 4 or 8, got {self.connectivity}")
 
     @property
     def step(self) -> int:
         return self.stride or self.tile
+
+    def tile_and_stride(self, width: int, height: int) -> tuple[int, int | None]:
+        """This photo's tile and stride: the fixed ones, or scaled to its longest side with ``tiles_across``."""
+        if self.tiles_across is None:
+            return self.tile, self.stride
+        tile = max(8, round(max(width, height) / self.tiles_across))
+        return tile, None if self.stride is None else max(1, min(tile, round(tile * self.stride / self.tile)))
+
+    @property
+    def rule(self) -> PhotoRule:
+        return PhotoRule(self.threshold, self.min_region_tiles, self.peak_threshold)
+
+    def describe(self) -> dict:
+        """What a report or an MLflow run records of these settings."""
+        tile = {"scan_tiles_across": self.tiles_across} if self.tiles_across else {"scan_tile": self.tile, "scan_stride": self.step}
+        return {**tile, "scan_rule": "fitted" if self.fitted else "fixed",
+                **{f"scan_{key}": value for key, value in self.rule.as_dict().items()}}  # fmt: skip
+
+
+def settings_for(
+    model,  # noqa: ANN001 - a keras.Model or a PortableModel, whose stored rule and threshold apply
+    tile: int = DEFAULT_TILE,
+    stride: int | None = None,
+    threshold: float | None = None,
+    fallback_threshold: float = 0.5,
+    use_fitted: bool = True,
+    min_region_tiles: int = 1,
+    peak_threshold: float = 1.0,
+    connectivity: int = 8,
+    tiles_across: int | None = None,
+) -> ScanSettings:
+    """The scan settings one model answers with: its fitted photo rule, unless a threshold is given or ``use_fitted`` is off.
+
+    Without a fitted rule, the tile threshold is the one ``predict`` uses (an explicit one,
+    else the model's stored one, else ``fallback_threshold``) and the region rule is the
+    one given, its peak threshold raised to the tile threshold where it is lower.
+    """
+    fitted = companions.of(model).photo_rule if use_fitted and threshold is None else None
+    if fitted is not None:
+        rule = PhotoRule.from_dict(fitted)
+        return ScanSettings(
+            tile, stride, rule.tile_threshold, rule.min_region_tiles, rule.peak_threshold, connectivity, True, tiles_across
+        )
+    tile_threshold = companions.threshold(model, threshold, fallback_threshold)
+    return ScanSettings(
+        tile, stride, tile_threshold, min_region_tiles, max(peak_threshold, tile_threshold), connectivity, False, tiles_across
+    )
 
 
 # ---------------------------------------------------------------- tile grid (pure)
@@ -138,45 +192,20 @@ class Region:
         }  # fmt: skip
 
 
-def components(mask: np.ndarray, connectivity: int = 8) -> list[list[tuple[int, int]]]:
-    """The connected groups of True cells in a 2-D mask, each as (row, col) cells, in reading order."""
-    if connectivity not in CONNECTIVITY:
-        raise CrackclsError(f"connectivity must be 4 or 8, got {connectivity}")
-    steps = [(-1, 0), (1, 0), (0, -1), (0, 1)]
-    if connectivity == 8:
-        steps += [(-1, -1), (-1, 1), (1, -1), (1, 1)]
-    rows, cols = mask.shape
-    seen = np.zeros_like(mask, bool)
-    groups = []
-    for start in zip(*np.nonzero(mask)):
-        if seen[start]:
-            continue
-        seen[start] = True
-        group, todo = [], [start]
-        while todo:
-            r, c = todo.pop()
-            group.append((int(r), int(c)))
-            for dr, dc in steps:
-                nr, nc = r + dr, c + dc
-                if 0 <= nr < rows and 0 <= nc < cols and mask[nr, nc] and not seen[nr, nc]:
-                    seen[nr, nc] = True
-                    todo.append((nr, nc))
-        groups.append(sorted(group))
-    return groups
-
-
-def crack_regions(grid: TileGrid, probabilities: np.ndarray, threshold: float, connectivity: int = 8) -> list[Region]:
-    """Regions of connected crack tiles, the most confident first."""
-    regions = []
-    for cells in components(probabilities >= threshold, connectivity):
-        boxes = np.array([grid.box(r, c) for r, c in cells])
-        regions.append(
+def crack_regions(grid: TileGrid, probabilities: np.ndarray, settings: ScanSettings) -> list[Region]:
+    """The regions that count under the settings' rule, the most confident first."""
+    regions = photo_rule.regions_of(probabilities, settings.threshold, settings.connectivity)
+    found = []
+    for number in np.flatnonzero(photo_rule.counted(regions, settings.rule)):
+        cells = np.argwhere(regions.labels == number + 1)
+        boxes = np.array([grid.box(int(r), int(c)) for r, c in cells])
+        found.append(
             Region(
                 int(boxes[:, 0].min()), int(boxes[:, 1].min()), int(boxes[:, 2].max()), int(boxes[:, 3].max()),
-                len(cells), float(max(probabilities[r, c] for r, c in cells)),
+                len(cells), float(regions.peaks[number]),
             )
         )  # fmt: skip
-    return sorted(regions, key=lambda region: (-region.max_probability, region.top, region.left))
+    return sorted(found, key=lambda region: (-region.max_probability, region.top, region.left))
 
 
 @dataclass
@@ -193,7 +222,8 @@ class PhotoScan:
 
     @property
     def crack_mask(self) -> np.ndarray:
-        return self.probabilities >= self.settings.threshold
+        """The crack tiles: those of the regions that count."""
+        return photo_rule.crack_mask(self.probabilities, self.settings.rule, self.settings.connectivity)
 
     @property
     def crack_tiles(self) -> int:
@@ -213,10 +243,8 @@ class PhotoScan:
 
     @property
     def score(self) -> float:
-        """The ``min_crack_tiles``-th highest tile probability (0 with fewer tiles than that)."""
-        k = self.settings.min_crack_tiles
-        flat = np.sort(self.probabilities.reshape(-1))[::-1]
-        return float(flat[k - 1]) if len(flat) >= k else 0.0
+        """Reaches the tile threshold exactly when the photo is ``crack`` (:func:`crackcls.trust.photo_rule.photo_score`)."""
+        return photo_rule.photo_score(self.probabilities, self.settings.rule, self.settings.connectivity)
 
     @property
     def verdict(self) -> str:
@@ -246,6 +274,9 @@ class PhotoScan:
             "max_probability": round(self.max_probability, 6),
             "score": round(self.score, 6),
             "threshold": self.settings.threshold,
+            "min_region_tiles": self.settings.min_region_tiles,
+            "peak_threshold": self.settings.peak_threshold,
+            "tile": self.grid.tile,
             "width": self.grid.width,
             "height": self.grid.height,
             "regions": [region.as_dict() for region in self.regions],
@@ -254,7 +285,7 @@ class PhotoScan:
         }
 
     def tile_rows(self) -> list[dict]:
-        rows = []
+        rows, mask = [], self.crack_mask
         for row in range(self.grid.rows):
             for col in range(self.grid.cols):
                 left, top, right, bottom = self.grid.box(row, col)
@@ -262,7 +293,7 @@ class PhotoScan:
                 rows.append({
                     "path": self.path, "row": row, "col": col, "left": left, "top": top, "right": right,
                     "bottom": bottom, "crack_probability": round(probability, 6),
-                    "crack": bool(probability >= self.settings.threshold),
+                    "crack": bool(mask[row, col]),
                     **({} if self.familiarity is None else {"familiarity": round(float(self.familiarity[row, col]), 4)}),
                 })  # fmt: skip
         return rows
@@ -291,7 +322,7 @@ def aggregate(
     path: str, grid: TileGrid, probabilities: np.ndarray, settings: ScanSettings, familiarity: np.ndarray | None = None
 ) -> PhotoScan:
     probabilities = np.asarray(probabilities, np.float64).reshape(grid.rows, grid.cols)
-    regions = crack_regions(grid, probabilities, settings.threshold, settings.connectivity)
+    regions = crack_regions(grid, probabilities, settings)
     familiar = None if familiarity is None else np.asarray(familiarity, np.float64).reshape(grid.rows, grid.cols)
     return PhotoScan(path, grid, probabilities, settings, regions, familiarity=familiar)
 
@@ -301,24 +332,6 @@ def downscaled(im, longest: int) -> np.ndarray:  # noqa: ANN001 - a PIL image
     """An RGB copy no longer than ``longest`` on either side (never enlarged), without copying the photo first."""
     scale = min(1.0, longest / max(im.size))
     return np.asarray(resized_rgb(im, max(1, round(im.width * scale)), max(1, round(im.height * scale))))
-
-
-def overlay_image(picture: np.ndarray, scan: PhotoScan) -> np.ndarray:
-    """Tile probabilities as a heat map (blue 0 → red 1) on a downscaled photo, region boxes in white."""
-    height, width = picture.shape[:2]
-    sx, sy = width / scan.grid.width, height / scan.grid.height
-    heat = np.zeros((height, width), np.float32)
-
-    def scaled(box: Box) -> Box:
-        left, top, right, bottom = box
-        return round(left * sx), round(top * sy), max(round(right * sx), round(left * sx) + 1), max(round(bottom * sy), round(top * sy) + 1)
-
-    for row in range(scan.grid.rows):
-        for col in range(scan.grid.cols):
-            left, top, right, bottom = scaled(scan.grid.box(row, col))
-            cell = heat[top:bottom, left:right]
-            np.maximum(cell, scan.probabilities[row, col], out=cell)
-    return heatmap.draw_boxes(heatmap.overlay(picture, heat), [scaled(region.box) for region in scan.regions])
 
 
 # ---------------------------------------------------------------- streaming
@@ -356,7 +369,7 @@ def tile_stream(
     for index, path in enumerate(files):
         try:
             with decoded(path) as im:
-                grid = tile_grid(im.width, im.height, settings.tile, settings.stride)
+                grid = tile_grid(im.width, im.height, *settings.tile_and_stride(im.width, im.height))
                 picture = downscaled(im, overlay_size) if overlay_size else None
                 yield _Photo(index, Path(path), grid, picture)
                 for number, box in enumerate(grid.boxes()):

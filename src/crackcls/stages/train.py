@@ -45,6 +45,8 @@ def fit_save_and_register(
             batch_size=evaluate.batch_size,
             threshold=evaluate.threshold,
             target_recall=evaluate.target_recall,
+            target_photo_recall=config.scan.target_photo_recall,
+            connectivity=config.scan.connectivity,
         )  # calibrates the model in place
         saved = training.save(trained, fitted.companions, workspace)
         registry.log_training({**trained.metrics, **fitted.metrics}, trained.params, saved.plot_files)

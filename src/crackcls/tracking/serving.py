@@ -46,7 +46,7 @@ from PIL import Image
 
 from crackcls.data.images import SkipReport
 from crackcls.model.inference import label_for, load_model_file, score_files, set_shift
-from crackcls.photos.scan import DEFAULT_TILE, ScanSettings, scan_files, tiles_shift
+from crackcls.photos.scan import DEFAULT_TILE, ScanSettings, scan_files, settings_for, tiles_shift
 from crackcls.trust import companions
 
 IMAGE_COLUMN = "image"
@@ -76,9 +76,11 @@ class CrackClassifier(mlflow.pyfunc.PythonModel):
         params = params or {}
         threshold = float(params.get("threshold", self.threshold))
         if params.get("scan"):
-            settings = ScanSettings(
-                tile=int(params.get("tile") or DEFAULT_TILE), stride=int(params.get("stride") or 0) or None, threshold=threshold
-            )
+            explicit = "threshold" in params and float(params["threshold"]) != self.threshold  # else the fitted photo rule
+            settings = settings_for(
+                self.model, int(params.get("tile") or DEFAULT_TILE), int(params.get("stride") or 0) or None,
+                threshold if explicit else None, self.threshold,
+            )  # fmt: skip
             return scan_encoded(self.model, model_input[IMAGE_COLUMN].tolist(), settings)
         return classify_encoded(self.model, model_input[IMAGE_COLUMN].tolist(), threshold)
 

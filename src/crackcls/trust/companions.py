@@ -1,4 +1,4 @@
-"""What travels beside a ``.keras`` model: its decision threshold, calibration and familiarity reference.
+"""What travels beside a ``.keras`` model: its decision threshold, photo rule, calibration and familiarity reference.
 
 Two small files share the model file's stem (``model.keras`` → ``model.decision.json``,
 ``model.familiarity.npz``). They are logged with the registered pyfunc next to the
@@ -27,6 +27,9 @@ class Companions:
     target_recall: float | None = None
     temperature: float = 1.0  # already folded into the model's output layer
     familiarity: familiarity.Reference | None = None
+    # the whole-photo rule fitted on validation photos (crackcls.trust.photo_rule.PhotoRule.as_dict, with what it
+    # measured there under "validation"); None: scans use params.yaml's rule
+    photo_rule: dict | None = None
 
 
 def decision_path(model_file: str | os.PathLike[str]) -> Path:
@@ -44,6 +47,7 @@ def write(model_file: str | os.PathLike[str], companions: Companions, extra: dic
         "threshold": companions.threshold,
         "target_recall": companions.target_recall,
         "temperature": companions.temperature,
+        **({"photo_rule": companions.photo_rule} if companions.photo_rule is not None else {}),
         **(extra or {}),
     }
     atomic.write_json(decision_path(model_file), decision)
@@ -66,6 +70,7 @@ def read(model_file: str | os.PathLike[str]) -> Companions:
         threshold=decision.get("threshold"),
         target_recall=decision.get("target_recall"),
         temperature=float(decision.get("temperature") or 1.0),
+        photo_rule=decision.get("photo_rule") if isinstance(decision.get("photo_rule"), dict) else None,
         familiarity=familiarity.load(reference_file) if reference_file.is_file() else None,
     )
 

@@ -1,0 +1,271 @@
+"""The photo rule: which tiles form crack regions and which regions make a photo ``crack``, fitted on validation photos.
+
+A region is a group of touching tiles at or above ``tile_threshold``. It counts when it
+has at least ``min_region_tiles`` tiles or its peak reaches ``peak_threshold``: a lone weak
+tile is noise, a lone sure one is not. A photo is ``crack`` when one of its regions counts,
+and only the tiles of counted regions are crack tiles.
+
+:func:`fit` chooses the rule at training time on validation photos built from the
+validation split (:func:`validation_photos`), never from the test split: among the rules
+that find at least ``target_photo_recall`` of the cracked photos, the one with the best
+tile F1, then the fewest false alarms on crack-free photos.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+
+import numpy as np
+from scipy import ndimage
+
+from crackcls.util.errors import CrackclsError
+
+CONNECTIVITY = (4, 8)
+# A validation photo is an SDNET2018 photo's grid of 256 px tiles (14 rows of 18).
+PHOTO_ROWS, PHOTO_COLS = 14, 18
+VALIDATION_PHOTOS = 600
+CRACK_FREE_SHARE = 0.25  # of the validation photos
+# Tiles on one crack's path: SDNET2018's cracked photos hold 8 to 91 cracked tiles of 252 in the shared set.
+CRACK_LENGTHS = (3, 60)
+MIN_REGION_CHOICES = (1, 2, 3, 4)
+DEFAULT_TARGET_PHOTO_RECALL = 0.95
+
+
+@dataclass(frozen=True)
+class PhotoRule:
+    tile_threshold: float
+    min_region_tiles: int = 1
+    peak_threshold: float = 1.0  # a smaller region counts when its peak reaches this
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.tile_threshold <= 1.0:
+            raise CrackclsError(f"the tile threshold must be between 0 and 1, got {self.tile_threshold:g}")
+        if self.min_region_tiles < 1:
+            raise CrackclsError(f"min_region_tiles must be at least 1, got {self.min_region_tiles}")
+        if not self.tile_threshold <= self.peak_threshold <= 1.0:
+            raise CrackclsError(
+                f"peak_threshold must be between the tile threshold ({self.tile_threshold:g}) and 1, got {self.peak_threshold:g}"
+            )
+
+    def as_dict(self) -> dict:
+        return {key: round(value, 6) if isinstance(value, float) else value for key, value in asdict(self).items()}
+
+    @classmethod
+    def from_dict(cls, raw: dict) -> PhotoRule:
+        try:
+            return cls(float(raw["tile_threshold"]), int(raw.get("min_region_tiles", 1)), float(raw.get("peak_threshold", 1.0)))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise CrackclsError(f"not a photo rule: {raw!r} ({exc})") from None
+
+
+def _structure(connectivity: int) -> np.ndarray:
+    if connectivity not in CONNECTIVITY:
+        raise CrackclsError(f"connectivity must be 4 or 8, got {connectivity}")
+    return ndimage.generate_binary_structure(2, 1 if connectivity == 4 else 2)
+
+
+@dataclass
+class Regions:
+    """The regions of one probability grid at one tile threshold: a label per tile (0 none), and per region."""
+
+    labels: np.ndarray  # (rows, cols) int, region r + 1 or 0
+    sizes: np.ndarray  # (regions,)
+    peaks: np.ndarray  # (regions,)
+
+
+def regions_of(probabilities: np.ndarray, threshold: float, connectivity: int = 8) -> Regions:
+    labels, count = ndimage.label(np.asarray(probabilities) >= threshold, structure=_structure(connectivity))
+    if not count:
+        return Regions(labels, np.zeros(0, int), np.zeros(0))
+    index = np.arange(1, count + 1)
+    sizes = np.bincount(labels.ravel(), minlength=count + 1)[1:]
+    peaks = np.asarray(ndimage.maximum(probabilities, labels, index), np.float64).reshape(-1)
+    return Regions(labels, sizes, peaks)
+
+
+def counted(regions: Regions, rule: PhotoRule) -> np.ndarray:
+    """Per region: does it count under ``rule``?"""
+    return (regions.sizes >= rule.min_region_tiles) | (regions.peaks >= rule.peak_threshold)
+
+
+def crack_mask(probabilities: np.ndarray, rule: PhotoRule, connectivity: int = 8) -> np.ndarray:
+    """The crack tiles: those of counted regions."""
+    regions = regions_of(probabilities, rule.tile_threshold, connectivity)
+    keep = np.concatenate([[False], counted(regions, rule)])
+    return keep[regions.labels]
+
+
+def photo_score(probabilities: np.ndarray, rule: PhotoRule, connectivity: int = 8) -> float:
+    """A score that reaches ``rule.tile_threshold`` exactly when the photo is ``crack``, for photo-level ROC.
+
+    A counted region scores its peak; a smaller one its peak less the peak rule's margin
+    (``peak_threshold - tile_threshold``), so it reaches the threshold just when its peak
+    reaches ``peak_threshold``; a tile outside any region scores its probability.
+    """
+    probabilities = np.asarray(probabilities, np.float64)
+    if probabilities.size == 0:
+        return 0.0
+    t = rule.tile_threshold
+    regions = regions_of(probabilities, t, connectivity)
+    below = probabilities[probabilities < t]
+    scores = [float(below.max())] if below.size else []
+    if regions.sizes.size:
+        big = regions.sizes >= rule.min_region_tiles
+        scores.append(float(np.where(big, regions.peaks, regions.peaks - (rule.peak_threshold - t)).max()))
+    return max(scores)
+
+
+# ---------------------------------------------------------------- fitting
+def crack_path(rng: np.random.Generator, rows: int, cols: int, length: int) -> list[tuple[int, int]]:
+    """A walk of up to ``length`` distinct 8-connected cells, like a crack across tiles (shorter where it is boxed in)."""
+    steps = [(-1, 0), (1, 0), (0, -1), (0, 1), (-1, -1), (-1, 1), (1, -1), (1, 1)]
+    cells = [(int(rng.integers(rows)), int(rng.integers(cols)))]
+    taken = set(cells)
+    heading = steps[int(rng.integers(len(steps)))]
+    while len(cells) < length:
+        r, c = cells[-1]
+        # mostly straight on, sometimes turning: cracks run, they do not wander
+        order = [heading] + [steps[i] for i in rng.permutation(len(steps))]
+        for dr, dc in order:
+            nxt = (r + dr, c + dc)
+            if 0 <= nxt[0] < rows and 0 <= nxt[1] < cols and nxt not in taken and (rng.random() < 0.8 or (dr, dc) != heading):
+                heading = (dr, dc)
+                cells.append(nxt)
+                taken.add(nxt)
+                break
+        else:
+            break
+    return cells
+
+
+@dataclass
+class ValidationPhotos:
+    probabilities: np.ndarray  # (photos, rows, cols)
+    truth: np.ndarray  # (photos, rows, cols) bool
+    groups: list[str]  # the parent photo (or source) each was drawn from
+
+
+def validation_photos(
+    probabilities: np.ndarray, labels: np.ndarray, sources: Sequence[str], parents: Sequence[str],
+    photos: int = VALIDATION_PHOTOS, seed: int = 0,
+) -> ValidationPhotos:  # fmt: skip
+    """Photo-sized grids of validation tiles' own probabilities, crack tiles along a path, as a scan would see them.
+
+    Each photo is drawn from one group: a parent photo where the source names parents (its
+    tiles look alike, and a model misreads them alike), else the source. Its crack tiles take
+    the probabilities of the group's cracked tiles (the source's where the group has none),
+    the others those of its uncracked tiles. Sources take turns, so a small one counts as much.
+    """
+    probabilities, labels = np.asarray(probabilities, np.float64), np.asarray(labels, int)
+    pools: dict[str, dict[str, list[np.ndarray]]] = defaultdict(dict)
+    by_group: dict[tuple[str, str], list[int]] = defaultdict(list)
+    for i, (source, parent) in enumerate(zip(sources, parents)):
+        by_group[(source, parent or "")].append(i)
+    source_pools: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    for source in sorted(set(sources)):
+        mine = np.asarray([s == source for s in sources])
+        source_pools[source] = (probabilities[mine & (labels == 0)], probabilities[mine & (labels == 1)])
+    for (source, parent), index in by_group.items():
+        index = np.asarray(index)
+        negatives, positives = probabilities[index[labels[index] == 0]], probabilities[index[labels[index] == 1]]
+        if len(negatives):  # a group needs its own uncracked tiles to stand for a photo
+            pools[source][parent] = [negatives, positives if len(positives) else source_pools[source][1]]
+    usable = sorted(s for s in pools if len(source_pools[s][1]))  # and some cracked tiles to draw cracks from
+    if not usable:
+        raise CrackclsError("no validation source has both cracked and uncracked images: no photo rule can be fitted")
+    rng = np.random.default_rng(seed)
+    grids = np.empty((photos, PHOTO_ROWS, PHOTO_COLS))
+    truth = np.zeros((photos, PHOTO_ROWS, PHOTO_COLS), bool)
+    groups = []
+    for n in range(photos):
+        source = usable[n % len(usable)]
+        parents_here = sorted(pools[source])
+        parent = parents_here[int(rng.integers(len(parents_here)))]
+        negatives, positives = pools[source][parent]
+        grids[n] = rng.choice(negatives, size=(PHOTO_ROWS, PHOTO_COLS))
+        if rng.random() >= CRACK_FREE_SHARE:
+            for r, c in crack_path(rng, PHOTO_ROWS, PHOTO_COLS, int(rng.integers(CRACK_LENGTHS[0], CRACK_LENGTHS[1] + 1))):
+                truth[n, r, c] = True
+                grids[n, r, c] = rng.choice(positives)
+        groups.append(f"{source}/{parent}" if parent else source)
+    return ValidationPhotos(grids, truth, groups)
+
+
+@dataclass
+class FittedRule:
+    rule: PhotoRule
+    metrics: dict  # on the validation photos: photo recall, false alarms, tile F1, ...
+    reached_target: bool
+
+
+def _candidate_thresholds(probabilities: np.ndarray) -> np.ndarray:
+    quantiles = np.quantile(probabilities, np.linspace(0.02, 0.995, 80))
+    return np.unique(np.round(np.clip(quantiles, 0.0, 1.0), 4))
+
+
+def evaluate_rule(photos: ValidationPhotos, rule: PhotoRule, connectivity: int = 8) -> dict:
+    """Photo recall, false alarms, tile recall, precision and F1, false crack tiles per photo."""
+    tp = fp = fn = 0
+    said_crack = []
+    for grid, actual in zip(photos.probabilities, photos.truth):
+        mask = crack_mask(grid, rule, connectivity)
+        tp += int((mask & actual).sum())
+        fp += int((mask & ~actual).sum())
+        fn += int((~mask & actual).sum())
+        said_crack.append(bool(mask.any()))
+    return _metrics(tp, fp, fn, np.asarray(said_crack), photos.truth.reshape(len(photos.truth), -1).any(axis=1))
+
+
+def _metrics(tp: int, fp: int, fn: int, said_crack: np.ndarray, cracked: np.ndarray) -> dict:
+    recall = tp / (tp + fn) if tp + fn else 0.0
+    precision = tp / (tp + fp) if tp + fp else 0.0
+    return {
+        "photo_recall": float(said_crack[cracked].mean()) if cracked.any() else float("nan"),
+        "photo_false_alarm_rate": float(said_crack[~cracked].mean()) if (~cracked).any() else float("nan"),
+        "tile_recall": recall,
+        "tile_precision": precision,
+        "tile_f1": 2 * recall * precision / (recall + precision) if recall + precision else 0.0,
+        "fp_tiles_per_photo": fp / len(said_crack),
+        "photos": int(len(said_crack)),
+    }
+
+
+def fit(photos: ValidationPhotos, target_photo_recall: float = DEFAULT_TARGET_PHOTO_RECALL, connectivity: int = 8) -> FittedRule:
+    """The rule with the best tile F1 among those reaching ``target_photo_recall``; fewer false alarms break ties."""
+    cracked = photos.truth.reshape(len(photos.truth), -1).any(axis=1)
+    flat = photos.probabilities.reshape(-1)
+    best_key, best = None, None
+    for t in _candidate_thresholds(flat):
+        # every region of every photo at this threshold: its size, peak, true crack tiles and photo
+        sizes, peaks, hits, owner = [], [], [], []
+        for n, (grid, actual) in enumerate(zip(photos.probabilities, photos.truth)):
+            regions = regions_of(grid, t, connectivity)
+            if regions.sizes.size:
+                sizes.append(regions.sizes)
+                peaks.append(regions.peaks)
+                hits.append(np.bincount(regions.labels[actual], minlength=len(regions.sizes) + 1)[1:])
+                owner.append(np.full(len(regions.sizes), n))
+        if not sizes:
+            continue
+        sizes, peaks, hits, owner = (np.concatenate(a) for a in (sizes, peaks, hits, owner))
+        peak_choices = np.unique(np.concatenate([[1.0], np.quantile(peaks[peaks >= t], np.linspace(0.5, 0.98, 8))]))
+        for k in MIN_REGION_CHOICES:
+            for peak in peak_choices if k > 1 else [1.0]:
+                rule = PhotoRule(float(t), k, float(max(peak, t)))
+                keep = (sizes >= k) | (peaks >= rule.peak_threshold)
+                tp = int(hits[keep].sum())
+                fp = int((sizes - hits)[keep].sum())
+                fn = int(photos.truth.sum()) - tp
+                said = np.bincount(owner[keep], minlength=len(cracked)) > 0
+                metrics = _metrics(tp, fp, fn, said, cracked)
+                reached = metrics["photo_recall"] >= target_photo_recall
+                key = (reached, metrics["tile_f1"] if reached else metrics["photo_recall"],
+                       -metrics["photo_false_alarm_rate"], t)  # fmt: skip
+                if best_key is None or key > best_key:
+                    best_key, best = key, FittedRule(rule, metrics, reached)
+    if best is None:
+        raise CrackclsError("no validation tile reaches any threshold: no photo rule can be fitted")
+    best.metrics["target_photo_recall"] = target_photo_recall
+    return best
