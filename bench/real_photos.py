@@ -2,6 +2,7 @@
 
     python bench/real_photos.py                                   # @champion of the project here
     python bench/real_photos.py --models models:/crackcls@champion models/other.keras --settings 227:227 256:256 256:128
+    python bench/real_photos.py --rules fitted fixed                  # the rule fitted with the model against the plain one
 
 Scans every photo of ``--photos`` (default: the shared SDNET2018 photos, ``Positive/`` and
 ``Negative/`` with ``truth.json``) with each model and each ``tile:stride`` setting, and
@@ -27,27 +28,35 @@ def f1(recall: float, precision: float) -> float:
     return 2 * recall * precision / (recall + precision) if recall + precision else 0.0
 
 
-def measure(spec: str, photos: Path, setting: str, batch_size: int) -> dict:
-    from crackcls.config import load_config
+def measure(spec: str, photos: Path, setting: str, batch_size: int, rule: str = "fitted") -> dict:
+    from crackcls.config import load_config, parse_config
     from crackcls.jobs.predict import load_for, runtime_for
     from crackcls.jobs.scan import scan_paths, settings_from
     from crackcls.photos.tile_truth import read_tile_truth, tile_level_metrics
 
     tile, stride = (int(v) for v in setting.split(":"))
     model = load_for(spec, runtime_for(spec, None))
-    settings = settings_from(load_config(), tile, stride, model=model)
+    config = load_config()
+    config = parse_config({**config.model_dump(mode="json"), "scan": {**config.scan.model_dump(mode="json"), "rule": rule}})
+    settings = settings_from(config, tile, stride, model=model)
     files = sorted(p for label in ("Positive", "Negative") for p in (photos / label).glob("*.jpg"))
     started = time.perf_counter()
     scans, skipped = scan_paths(model, files, settings, batch_size)
     seconds = time.perf_counter() - started
     if skipped.count:
         raise SystemExit(f"{skipped.count} photos could not be read: {skipped.skipped}")
-    tiles = tile_level_metrics(scans, read_tile_truth(photos / "truth.json", photos), photos)
+    truth = read_tile_truth(photos / "truth.json", photos)
+    tiles = tile_level_metrics(scans, truth, photos)
+    surfaces = sorted({Path(s.path).name.split("_")[0] for s in scans})  # decks_7029.jpg: decks
+    by_surface = {surface: round(tile_level_metrics([s for s in scans if Path(s.path).name.startswith(surface + "_")],
+                                                    truth, photos)["fp_tiles_per_photo"], 1) for surface in surfaces}  # fmt: skip
     verdicts = {Path(s.path).name: {"truth": Path(s.path).parent.name, "verdict": s.verdict, "crack_tiles": s.crack_tiles,
                                     "tiles": s.tiles} for s in scans}  # fmt: skip
     right = sum((v["verdict"] == "crack") == (v["truth"] == "Positive") for v in verdicts.values())
-    return {"model": spec, "tile": tile, "stride": stride, "threshold": settings.threshold, **tiles,
+    return {"model": spec, "tile": tile, "stride": stride, "rule": "fitted" if settings.fitted else "fixed",
+            "rule_values": settings.rule.as_dict(), "threshold": settings.threshold, **tiles,
             "tile_f1": f1(tiles["tile_recall"], tiles["tile_precision"]), "photos_right": right,
+            "fp_tiles_per_photo_by_surface": by_surface,
             "photos": len(verdicts), "verdicts": verdicts, "seconds": round(seconds, 2)}  # fmt: skip
 
 
@@ -56,20 +65,27 @@ def main() -> None:
     parser.add_argument("--models", nargs="+", default=["models:/crackcls@champion"])
     parser.add_argument("--photos", type=Path, default=PHOTOS)
     parser.add_argument("--settings", nargs="+", default=list(SETTINGS), metavar="TILE:STRIDE")
+    parser.add_argument("--rules", nargs="+", default=["fitted"], choices=["fitted", "fixed"],
+                        help="the photo rule fitted with the model (where it has one), or params.yaml's fixed rule")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--out", type=Path, default=REPO_ROOT / "bench" / "results" / "real_photos.json")
     args = parser.parse_args()
     if not (args.photos / "truth.json").is_file():
         raise SystemExit(f"{args.photos}: no truth.json (the shared SDNET2018 photos are not here)")
-    rows = [measure(spec, args.photos, setting, args.batch_size) for spec in args.models for setting in args.settings]
-    print("| model | tile:stride | tile recall | tile precision | tile F1 | false crack tiles / photo | photos right | s |")
-    print("|---|---|---|---|---|---|---|---|")
+    rows = [measure(spec, args.photos, setting, args.batch_size, rule)
+            for spec in args.models for setting in args.settings for rule in args.rules]  # fmt: skip
+    print("| model | tile:stride | rule | tile recall | tile precision | tile F1 | false crack tiles / photo | photos right | s |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['model']} | {r['tile']}:{r['stride']} | {r['tile_recall']:.3f} | {r['tile_precision']:.3f} | "
+        v = r["rule_values"]
+        rule = f"{r['rule']} (t {v['tile_threshold']:.2f}, k {v['min_region_tiles']}, peak {v['peak_threshold']:.2f})"
+        print(f"| {r['model']} | {r['tile']}:{r['stride']} | {rule} | {r['tile_recall']:.3f} | {r['tile_precision']:.3f} | "
               f"{r['tile_f1']:.3f} | {r['fp_tiles_per_photo']:.1f} | {r['photos_right']}/{r['photos']} | {r['seconds']} |")  # fmt: skip
     for r in rows:
         wrong = [name for name, v in r["verdicts"].items() if (v["verdict"] == "crack") != (v["truth"] == "Positive")]
-        print(f"{r['model']} {r['tile']}:{r['stride']}: wrong verdicts: {', '.join(wrong) or 'none'}")
+        surfaces = ", ".join(f"{k} {v}" for k, v in r["fp_tiles_per_photo_by_surface"].items())
+        print(f"{r['model']} {r['tile']}:{r['stride']} {r['rule']}: wrong verdicts: {', '.join(wrong) or 'none'}; "
+              f"false crack tiles per photo: {surfaces}")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(rows, indent=2))
     print(f"written: {args.out}")

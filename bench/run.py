@@ -469,13 +469,18 @@ def part_scan_memory(photo: Path, backbone: str, size: int) -> dict:
     return {"backbone": backbone, "tiles": scan.tiles, "seconds": round(time.perf_counter() - started, 1)}
 
 
-def part_scan_accuracy(model_spec: str, sample: Path, work: Path, photos: int) -> dict:
-    """Photo verdicts and crack tiles on photo-sized mosaics (12 x 9 patches) of images the model did not train on."""
+def part_scan_accuracy(model_spec: str, sample: Path, work: Path, photos: int, tile: int | None = None, rule: str = "fitted") -> dict:
+    """Photo verdicts and crack tiles on photo-sized mosaics (12 x 9 patches) of images the model did not train on.
+
+    Scanned as ``crackcls scan`` would (params.yaml's tile, the model's fitted rule), or with
+    another ``tile`` and ``rule`` (``fixed``: the patch threshold, every region counts).
+    """
     import numpy as np
     from PIL import Image
 
+    from crackcls.config import load_config
     from crackcls.jobs.scan import scan_paths
-    from crackcls.photos.scan import ScanSettings
+    from crackcls.photos.scan import settings_for
     from crackcls.photos.tile_truth import tile_level_metrics
     from crackcls.tracking.registry import load_model
 
@@ -491,12 +496,14 @@ def part_scan_accuracy(model_spec: str, sample: Path, work: Path, photos: int) -
         truth[str(path.resolve())] = [(c * 227, r * 227, (c + 1) * 227, (r + 1) * 227) for r, c in cells]
         labels[str(path)] = int(crack)
     model, _ = load_model(model_spec)
-    settings = ScanSettings()
+    config = load_config()
+    settings = settings_for(model, tile or config.scan.tile, None, None, config.evaluate.threshold, rule == "fitted")
     scans, _ = scan_paths(model, [Path(p) for p in labels], settings, 64)
     correct = sum((scan.verdict == "crack") == bool(labels[scan.path]) for scan in scans)
     tiles = tile_level_metrics(scans, truth, work)
     return {
-        "model": model_spec, "photos": len(scans), "photo_accuracy": round(correct / len(scans), 4),
+        "model": model_spec, "tile": settings.tile, "rule": settings.rule.as_dict() | {"fitted": settings.fitted},
+        "photos": len(scans), "photo_accuracy": round(correct / len(scans), 4),
         "tile_recall": round(tiles["tile_recall"], 4), "tile_precision": round(tiles["tile_precision"], 4),
         "fp_tiles_per_photo": round(tiles["fp_tiles_per_photo"], 3),
         "false_crack_photos": sum(scan.verdict == "crack" and not labels[scan.path] for scan in scans),

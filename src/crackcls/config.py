@@ -56,7 +56,7 @@ class EvaluateConfig(Section):
 class ScanConfig(Section):
     """Whole photos cut into tiles at the scale the model was trained on (``crackcls scan``)."""
 
-    tile: int = Field(default=227, ge=8, le=4096, description="tile side in photo pixels")
+    tile: int = Field(default=256, ge=8, le=4096, description="tile side in photo pixels")
     stride: int | None = Field(default=None, ge=8, le=4096, description="step between tiles; null = tile")
     tiles_across: int | None = Field(default=None, ge=1, le=512, description="set: tile = a photo's longest side / this")
     # fitted: the photo rule fitted with the model on its validation photos (stored beside it), where it has one;

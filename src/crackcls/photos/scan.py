@@ -42,7 +42,7 @@ from crackcls.util.errors import CrackclsError
 
 Box = tuple[int, int, int, int]  # left, top, right, bottom; right and bottom exclusive
 
-DEFAULT_TILE = 227
+DEFAULT_TILE = 256  # SDNET2018 cut its photos so; measured better than 227 on real photos and mosaics (docs/scan.md)
 # Tile batches cut ahead of the model: enough to hide decoding, small enough to bound memory.
 PREFETCH = 2
 CONNECTIVITY = photo_rule.CONNECTIVITY
