@@ -110,9 +110,10 @@ def test_tile_grid_covers_the_photo_with_edge_tiles_kept_inside(width, height, t
 
 
 def test_grid_for_sizes_that_are_multiples_and_not_and_a_tiny_photo():
-    assert tile_grid(908, 681).xs == (0, 227, 454, 681) and tile_grid(908, 681).ys == (0, 227, 454)
-    assert tile_grid(1000, 681).xs == (0, 227, 454, 681, 773)  # 1000 = 4 x 227 + 92: last tile ends at 1000
-    assert tile_grid(4032, 3024).count == 18 * 14
+    assert tile_grid(908, 681, 227).xs == (0, 227, 454, 681) and tile_grid(908, 681, 227).ys == (0, 227, 454)
+    assert tile_grid(1000, 681, 227).xs == (0, 227, 454, 681, 773)  # 1000 = 4 x 227 + 92: last tile ends at 1000
+    assert tile_grid(4032, 3024, 227).count == 18 * 14
+    assert tile_grid(4608, 3584).count == 18 * 14  # the default 256 px: an SDNET2018 photo's own grid
     tiny = tile_grid(100, 60)
     assert tiny.count == 1 and tiny.boxes() == [(0, 0, 100, 60)]
 
@@ -438,6 +439,9 @@ def test_evaluate_scan_gives_photo_and_tile_metrics_in_mlflow(patch_model, mosai
     from crackcls import cli
     from crackcls.tracking import store
 
+    from conftest import TINY_PARAMS, deep_merge, write_params
+
+    write_params(tiny_project, deep_merge(TINY_PARAMS, {"scan": {"tile": PATCH}}))  # the mosaics' own patch grid
     truth = {name: [cell_box(r, c) for r, c in cells] for name, cells in mosaics["cells"].items()}
     (tiny_project / "truth.json").write_text(json.dumps(truth))
     with pytest.raises(SystemExit) as exit_code:

@@ -1,7 +1,7 @@
 """Whole photos scanned tile by tile at the training scale: tile grids, streamed tiles, crack regions and a verdict.
 
 A photo is never shrunk as a whole. It is cut into ``tile`` x ``tile`` source-pixel tiles
-(227 px, the size of the training patches, by default) every ``stride`` pixels; where the
+(256 px by default: SDNET2018 cut its photos so, and it measured best) every ``stride`` pixels; where the
 photo is not a multiple of the stride, the last tile of a row or column is shifted back to
 end at the photo's edge, so every pixel is scanned and no tile leaves the photo. A side
 shorter than a tile gets one tile spanning it (a photo smaller than a tile is one tile).
