@@ -357,8 +357,8 @@ def scan_run(model: Path, inputs, **kwargs):  # noqa: ANN001, ANN201
 
 
 def test_mosaic_verdicts_and_regions_cover_the_crack_path(patch_model, mosaics, tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)  # no params.yaml: the defaults (227 px tiles, threshold 0.5)
-    result = scan_run(patch_model, [mosaics["root"]])
+    monkeypatch.chdir(tmp_path)  # no params.yaml: the defaults (threshold 0.5), at the mosaics' patch size
+    result = scan_run(patch_model, [mosaics["root"]], tile=PATCH)
     by_name = {Path(s.path).name: s for s in result.scans}
     assert len(by_name) == 8 and result.skipped.count == 0
     for name, scan in by_name.items():
@@ -480,7 +480,7 @@ def peak_mb():
     return int(re.search(r"VmHWM:\\s+(\\d+) kB", Path("/proc/self/status").read_text()).group(1)) // 1024
 model, _ = load_model(sys.argv[1])
 before = peak_mb()
-(scan, _), = scan_files(model, [Path(sys.argv[2])], ScanSettings(), 64, SkipReport(), overlay_size=1024)
+(scan, _), = scan_files(model, [Path(sys.argv[2])], ScanSettings(tile=227), 64, SkipReport(), overlay_size=1024)
 print(scan.tiles, before, peak_mb())
 """
 

@@ -161,7 +161,7 @@ def test_a_whole_photo_is_scanned_when_the_request_asks(project, server, monkeyp
 
     from crackcls.tracking.registry import load_model
     from crackcls.jobs.scan import scan_paths
-    from crackcls.photos.scan import ScanSettings
+    from crackcls.photos.scan import settings_for
 
     photo = tmp_path / "mosaic.jpg"
     Image.fromarray(build_mosaic(REPO_ROOT / "sample" / "mendeley", 3, 4, [(0, 1), (1, 1), (1, 2)], seed=1)).save(photo, quality=95)
@@ -173,7 +173,7 @@ def test_a_whole_photo_is_scanned_when_the_request_asks(project, server, monkeyp
 
     use_project_store(monkeypatch, project)
     model, _ = load_model(MODEL_URI)
-    (local,), _ = scan_paths(model, [photo], ScanSettings(), 32)
+    (local,), _ = scan_paths(model, [photo], settings_for(model), 32)  # the model's fitted rule, as served
     assert served["error"] is None and served["tiles"] == 12 == local.tiles
     assert served["label"] == local.verdict and served["crack_tiles"] == local.crack_tiles
     assert served["crack_probability"] == pytest.approx(local.score, abs=1e-4)
