@@ -311,10 +311,12 @@ def tiles_shift(model, scans: Sequence[PhotoScan]):  # noqa: ANN001, ANN201 - a 
     scored = [scan for scan in scans if scan.familiarity is not None]
     if not scored:
         return set_shift(model, None, None)
+    # grouped by each tile's own class at the patch threshold, as the validation images it is tested against are
+    threshold = companions.threshold(model, None, 0.5)
     return set_shift(
         model,
         np.concatenate([scan.familiarity.reshape(-1) for scan in scored]),
-        np.concatenate([scan.crack_mask.reshape(-1) for scan in scored]),
+        np.concatenate([(scan.probabilities >= threshold).reshape(-1) for scan in scored]),
     )
 
 
