@@ -18,6 +18,8 @@ DEMO_PARAMS := -S 'data.sources=[sample,sdnet2018-sample]' -S model.backbone=com
 
 IN     ?=
 SCAN   ?=
+APP_PORT  ?= 8080
+APP_MODEL ?=
 RUNTIME ?=
 
 # The team tracking server (make server): runs and registry, artifact store, users and permissions.
@@ -27,7 +29,7 @@ AUTH_DB   ?= sqlite:///$(CURDIR)/basic_auth.db
 HOST      ?= 127.0.0.1
 WORKERS   ?= 4
 
-.PHONY: help install test test-fast lint docs docs-serve repro demo evaluate promote predict scan export serve server bench ui
+.PHONY: help install test test-fast lint docs docs-serve repro demo evaluate promote predict scan app export serve server bench ui
 
 help:
 	@echo "make install     create $(VENV) and install crackcls with pinned dependencies (GPU=1: CUDA libraries too)"
@@ -41,6 +43,7 @@ help:
 	@echo "make promote     move @champion to @challenger if it is better"
 	@echo "make predict     classify IN=<files|folders|globs> with MODEL (default: the registry champion)"
 	@echo "make scan        scan whole photos IN=<files|folders|globs> tile by tile; overlays in reports/scan/"
+	@echo "make app         the inspector's desk on http://127.0.0.1:$(APP_PORT): scan, review, correct, report (APP_MODEL=, AUTH_DB= for logins)"
 	@echo "make export      MODEL (default: the registry champion) as SavedModel, ONNX, LiteRT float32 and int8 in models/export/, parity-checked; RUNTIME=onnx for predict and scan"
 	@echo "make serve       serve models:/crackcls@champion over HTTP on 127.0.0.1:$(SERVE_PORT)"
 	@echo "make server      team MLflow server with logins on $(HOST):$(PORT) (BACKEND=, ARTIFACTS=, AUTH_DB=)"
@@ -96,6 +99,11 @@ predict:
 
 scan:
 	crackcls scan $(IN) --overlay reports/scan $(if $(filter-out models/model.keras,$(MODEL)),--model "$(MODEL)") $(if $(RUNTIME),--runtime $(RUNTIME))
+
+# Off loopback (HOST=0.0.0.0) the desk needs logins: AUTH_DB, the team server's users.
+app:
+	crackcls app --port $(APP_PORT) $(if $(APP_MODEL),--model "$(APP_MODEL)") $(if $(RUNTIME),--runtime $(RUNTIME)) \
+	  $(if $(filter-out 127.0.0.1,$(HOST)),--host $(HOST) --auth-db "$(AUTH_DB)")
 
 export:
 	crackcls export $(if $(filter-out models/model.keras,$(MODEL)),--model "$(MODEL)")

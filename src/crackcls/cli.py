@@ -21,8 +21,10 @@ examples:
   crackcls predict photos/ 'site-7/**/*.jpg'       label images with the @champion model
   crackcls predict photos/ --explain gradcam/      ... and write a Grad-CAM overlay per image
   crackcls scan site-7/ --overlay scans/           find crack regions in whole photos, tile by tile
+  crackcls scan site-7/ --report site-7.html       ... and write an inspection report, printable to PDF
   crackcls evaluate --data /path/to/labelled       score models/model.keras on Positive/ + Negative/
   crackcls promote                                 crown @challenger if it beats @champion
+  crackcls app                                     the inspector's desk on http://127.0.0.1:8080
   crackcls export                                  @champion as SavedModel, ONNX and LiteRT, parity-checked
   crackcls predict photos/ --runtime onnx          label images with ONNX Runtime, without TensorFlow
   crackcls ui-link                                 the MLflow UI address that opens on the runs
@@ -102,8 +104,9 @@ def _scan(args: argparse.Namespace) -> int:
     from crackcls.jobs import scan
 
     result = scan.run(
-        args.paths, args.model, args.tile, args.stride, args.threshold, args.batch_size, args.overlay, args.runtime
-    )
+        args.paths, args.model, args.tile, args.stride, args.threshold, args.batch_size, args.overlay, args.runtime,
+        report=args.report,
+    )  # fmt: skip
     sys.stdout.write(scan.write(result, args.format, args.output, args.tiles))
     if args.output:
         print(f"wrote {len(result.scans)} photo rows to {args.output}", file=sys.stderr)
@@ -111,8 +114,28 @@ def _scan(args: argparse.Namespace) -> int:
         print(f"wrote per-tile probabilities to {args.tiles}", file=sys.stderr)
     if args.overlay and result.scans:
         print(f"overlays in {args.overlay}", file=sys.stderr)
+    if args.report:
+        print(f"report: {args.report}", file=sys.stderr)
     print(scan.summary(result), file=sys.stderr)
     return 0 if result.scans else 1
+
+
+def _app(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from crackcls.app import desk, web
+    from crackcls.jobs.predict import _config, champion_spec
+
+    config = _config()
+    folders = desk.default_folders()
+    limits = web.Limits(args.max_file_mb, args.max_files, int(args.max_megapixels * 1e6))
+    web.serve_check(args.host, args.auth_db)  # before the model loads
+    opened = desk.Desk(
+        config, args.model or champion_spec(config), Path(args.work or folders["work"]), Path(args.field or folders["field"]),
+        folders["imported"], args.runtime,
+    )  # fmt: skip
+    web.serve(opened, Path(args.photos_root).resolve(), args.host, args.port, limits, args.auth_db)
+    return 0
 
 
 def _ui_link(args: argparse.Namespace) -> int:
@@ -188,6 +211,7 @@ def build_parser() -> argparse.ArgumentParser:
     scan.add_argument("--output", default=None, metavar="FILE", help="write the photo rows to FILE instead of the terminal")
     scan.add_argument("--tiles", default=None, metavar="FILE", help="also write every tile's box and probability to FILE (.json, else CSV)")
     scan.add_argument("--overlay", default=None, metavar="OUTDIR", help="write <photo>_scan.png per photo into OUTDIR: tile heat map and region boxes")
+    scan.add_argument("--report", default=None, metavar="FILE", help="also write an inspection report to FILE: one self-contained HTML page (overlays, verdicts, regions, skipped files, the model card), printable to PDF from a browser")
     scan.add_argument("--model", default=None, help="as for predict (default: models:/<registry.model_name>@champion)")
     scan.add_argument("--batch-size", type=int, default=None, help="tiles per batch (default: params evaluate.batch_size, else 64)")
     scan.add_argument("--runtime", choices=("keras", "onnx"), default=None, help=RUNTIME_HELP)
@@ -207,6 +231,26 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--representative", default=None, metavar="FOLDER", help="int8 calibration images (default: 200 of the training split)")
     export.add_argument("--check-data", default=None, metavar="FOLDER", help="parity images, labelled if it has Positive/ and Negative/ (default: 500 of the test split)")
     export.set_defaults(func=_export)
+
+    app = sub.add_parser(
+        "app",
+        help="the inspector's desk: a web page to scan photos, review and correct the answers, and report them",
+        description="Serve the inspector's desk on http://127.0.0.1:8080: upload or open photos, watch them scan, "
+        "mark false regions and missed cracks (their tiles go into the field folder with a manifest row), and "
+        "download an inspection report. Any address but loopback needs --auth-db.",
+    )
+    app.add_argument("--model", default=None, help="as for predict (default: models:/<registry.model_name>@champion)")
+    app.add_argument("--host", default="127.0.0.1", help="address to listen on (default: %(default)s; anything else needs --auth-db)")
+    app.add_argument("--port", type=int, default=8080)
+    app.add_argument("--auth-db", default=None, help="the team server's users (make server's AUTH_DB, e.g. sqlite:///basic_auth.db): logins required")
+    app.add_argument("--photos-root", default=".", help="folders inside this one can be opened from the page (default: the current folder)")
+    app.add_argument("--field", default=None, metavar="DIR", help="where corrected tiles go (default: field/, which data.dvc imports)")
+    app.add_argument("--work", default=None, metavar="DIR", help="uploads, overlays and reports (default: reports/app)")
+    app.add_argument("--max-file-mb", type=float, default=64.0, help="largest upload per photo (default: %(default)s)")
+    app.add_argument("--max-files", type=int, default=500, help="most photos per batch (default: %(default)s)")
+    app.add_argument("--max-megapixels", type=float, default=150.0, help="largest photo (default: %(default)s)")
+    app.add_argument("--runtime", choices=("keras", "onnx"), default=None, help=RUNTIME_HELP)
+    app.set_defaults(func=_app)
 
     ui_link = sub.add_parser(
         "ui-link",

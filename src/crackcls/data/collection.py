@@ -13,6 +13,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from crackcls.data.download import sha256_file
+from crackcls.data.field_labels import FIELD_PARENTS
 from crackcls.data.images import SkipReport, dataset_folders, iter_images, probe
 from crackcls.data.settings import SourceConfig, repeated
 from crackcls.data.splitting import Item
@@ -125,7 +126,7 @@ def source_folders(sources: list[SourceConfig], workspace: Path) -> list[SourceF
             folders.append(SourceFolder(folder, name, source.parents, source.max_per_class))
     field_dir = workspace / paths.FIELD_DIR
     if any((field_dir / name).is_dir() and any(iter_images(field_dir / name)) for name in paths.LABELS):
-        folders.append(SourceFolder(field_dir, FIELD_SOURCE))
+        folders.append(SourceFolder(field_dir, FIELD_SOURCE, FIELD_PARENTS))  # reviewed tiles name their photo
     names = [folder.source for folder in folders]
     if twice := repeated(names):
         raise CrackclsError(f"two sources hold a sub-folder named {', '.join(twice)}; rename one so their metrics stay apart")

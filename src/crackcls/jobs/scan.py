@@ -6,10 +6,13 @@ counted with their reasons. The tiling and the verdict rule are :mod:`crackcls.p
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
-from collections.abc import Sequence
+import tempfile
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 
 from crackcls.config import Config
@@ -28,6 +31,7 @@ from crackcls.jobs.predict import (
 from crackcls.model.scoring import CRACK
 from crackcls.photos.heatmap import save_png
 from crackcls.photos.overlay import readable_overlay
+from crackcls.photos.report import ReportPhoto, render_report, write_report
 from crackcls.photos.scan import PhotoScan, ScanSettings, scan_files, settings_for, tiles_of, tiles_shift
 from crackcls.trust.shift import ShiftTest
 from crackcls.util import atomic, progress
@@ -86,15 +90,26 @@ def scan_paths(
     overlay_dir: Path | None = None,
     overlay_size: int = 1024,
     model_name: str = "",
+    scored: Callable[[int], object] | None = None,
 ) -> tuple[list[PhotoScan], SkipReport]:
-    """Scan ``files``; with ``overlay_dir``, write ``<stem>_scan.png`` per photo as it finishes, legend naming ``model_name``."""
+    """Scan ``files``; with ``overlay_dir``, write ``<stem>_scan.png`` per photo as it finishes, legend naming ``model_name``.
+
+    ``scored`` is told the number of tiles of each batch scored, as the progress bar is.
+    """
     skips = SkipReport()
     targets = overlay_names(files, overlay_dir, OVERLAY_SUFFIX) if overlay_dir is not None else {}
     scans = []
+
     with progress.bar(None, "scan", unit="tile") as bar:  # counts tiles
-        for scan, picture in scan_files(model, files, settings, batch_size, skips, overlay_size if targets else None, bar.update):
+        def update(tiles: int) -> None:
+            bar.update(tiles)
+            if scored is not None:
+                scored(tiles)
+
+        for scan, picture in scan_files(model, files, settings, batch_size, skips, overlay_size if targets else None, update):
             if picture is not None:
                 scan.overlay = str(save_png(readable_overlay(picture, scan, model_name), targets[Path(scan.path)]))
+                scan.overlay_picture = (picture.shape[1], picture.shape[0])
             scans.append(scan)
     return scans, skips
 
@@ -109,7 +124,13 @@ def run(
     overlay_dir: str | os.PathLike[str] | None = None,
     runtime: str | None = None,
     tiles_across: int | None = None,
+    report: str | os.PathLike[str] | None = None,
 ) -> ScanResult:
+    """Scan ``inputs``; with ``report``, also write the inspection report (overlays included) to that file.
+
+    A report needs overlays: without ``overlay_dir`` they are drawn into a temporary folder
+    that lasts until the report holds them, and the rows then name no overlay file.
+    """
     config = _config()
     settings_from(config, tile, stride, threshold, tiles_across=tiles_across)  # bad settings fail before the model loads
     batch_size = checked_batch_size(config, batch_size)
@@ -118,11 +139,37 @@ def run(
     runtime = runtime_for(spec, runtime)
     model = load_for(spec, runtime)
     settings = settings_from(config, tile, stride, threshold, model, tiles_across)
-    out = Path(overlay_dir) if overlay_dir is not None else None
     label = model_label(spec, runtime)
-    named = model_version(spec, label) if out is not None else label
-    scans, skips = scan_paths(model, files, settings, batch_size, out, config.scan.overlay_size, named)
-    return ScanResult(label, scans, skips, tiles_shift(model, scans))
+    named = model_version(spec, label) if overlay_dir is not None or report is not None else label
+    with contextlib.ExitStack() as stack:
+        if overlay_dir is not None:
+            out = Path(overlay_dir)
+        elif report is not None:
+            out = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="crackcls-report-")))
+        else:
+            out = None
+        scans, skips = scan_paths(model, files, settings, batch_size, out, config.scan.overlay_size, named)
+        result = ScanResult(label, scans, skips, tiles_shift(model, scans))
+        if report is not None:
+            from crackcls.tracking.store import model_card
+
+            write_report(report, report_html(result, named, model_card(spec)))
+            if overlay_dir is None:
+                for scan in result.scans:
+                    scan.overlay = None  # the temporary overlays are gone with their folder
+    return result
+
+
+def report_html(result: ScanResult, spec_label: str, card: str | None, created: datetime | None = None) -> str:
+    """The inspection report of ``result``: every photo with its overlay, the batch's counts, shift line and skips.
+
+    ``spec_label`` names the model as the overlays do (:func:`model_version`); ``created``
+    defaults to now, in local time.
+    """
+    photos = [ReportPhoto(scan.row(), Path(scan.overlay) if scan.overlay else None) for scan in result.scans]
+    shift = result.shift.line(tiles_of(len(result.scans))) if result.shift is not None else None
+    created = created or datetime.now().astimezone()
+    return render_report(photos, spec_label, card, created, shift, result.skipped.skipped)
 
 
 def model_version(spec: str, label: str) -> str:

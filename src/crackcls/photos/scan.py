@@ -180,6 +180,7 @@ class Region:
     bottom: int
     tiles: int
     max_probability: float
+    cells: tuple[tuple[int, int], ...] = field(default=(), repr=False)  # (row, col) of its tiles
 
     @property
     def box(self) -> Box:
@@ -202,7 +203,7 @@ def crack_regions(grid: TileGrid, probabilities: np.ndarray, settings: ScanSetti
         found.append(
             Region(
                 int(boxes[:, 0].min()), int(boxes[:, 1].min()), int(boxes[:, 2].max()), int(boxes[:, 3].max()),
-                len(cells), float(regions.peaks[number]),
+                len(cells), float(regions.peaks[number]), tuple((int(r), int(c)) for r, c in cells),
             )
         )  # fmt: skip
     return sorted(found, key=lambda region: (-region.max_probability, region.top, region.left))
@@ -219,6 +220,7 @@ class PhotoScan:
     regions: list[Region]
     overlay: str | None = None
     familiarity: np.ndarray | None = None  # (rows, cols) tile familiarity scores, when the model has a reference
+    overlay_picture: tuple[int, int] | None = None  # (width, height) of the photo at the overlay's top-left
 
     @property
     def crack_mask(self) -> np.ndarray:

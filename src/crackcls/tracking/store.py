@@ -18,6 +18,7 @@ from typing import Any
 import mlflow
 from mlflow.tracking import MlflowClient
 
+from crackcls.trust.model_card import CARD_FILE
 from crackcls.util import paths
 from crackcls.util.errors import CrackclsError
 
@@ -244,3 +245,26 @@ def run_has_artifact(spec: str, artifact_path: str) -> bool:
         return any(item.path == artifact_path for item in client().list_artifacts(run_id, folder or None))
     except mlflow.exceptions.MlflowException:
         return False
+
+
+def model_card(spec: str) -> str | None:
+    """The model card (Markdown) of the model ``spec`` names; None where there is none, never an error.
+
+    A registered version's card is its description, where the evaluate stage publishes it. A
+    file has a card only when it is the workspace's own model, the one the card in
+    ``reports/`` was written for; any other file or URI has none that can be told to be its own.
+    """
+    if is_model_uri(spec):
+        try:
+            configure_uri_only()
+            version = registered_version(spec)
+        except Exception:  # noqa: BLE001 - an unreachable store or an unknown version only costs the card
+            return None
+        return (version.description or None) if version is not None else None
+    workspace = paths.workspace_root()
+    card = workspace / paths.REPORTS_DIR / CARD_FILE
+    try:
+        own = paths.resolve(spec).resolve() == (workspace / paths.MODEL_FILE).resolve()
+        return card.read_text(encoding="utf-8") if own and card.is_file() else None
+    except (OSError, UnicodeDecodeError):
+        return None
