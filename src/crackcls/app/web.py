@@ -9,6 +9,8 @@ The page writes only into its work folder and the field folder.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import ipaddress
 import os
 import re
@@ -21,6 +23,7 @@ from fastapi import FastAPI, Form, HTTPException, Request
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
+from PIL import Image
 from pydantic import BaseModel
 from starlette.datastructures import UploadFile
 from starlette.middleware.base import BaseHTTPMiddleware
@@ -64,9 +67,6 @@ class Logins:
         self.store.init_db(auth_db)
 
     def user(self, request: Request) -> str | None:
-        import base64
-        import binascii
-
         header = request.headers.get("authorization", "")
         scheme, _, encoded = header.partition(" ")
         if scheme.lower() != "basic":
@@ -107,8 +107,6 @@ def inside(root: Path, folder: str) -> Path:
 
 def checked_image(path: Path, limits: Limits) -> str | None:
     """Why a stored upload cannot be scanned, in words (None if it can): judged from its header."""
-    from PIL import Image
-
     reason = probe(path)  # format, size and pixel bounds, as every stage judges them
     if reason is not None:
         return f"{reason}: not a photo this app can scan" if reason in (NOT_IMAGE, UNSUPPORTED, EMPTY) else reason
@@ -171,7 +169,7 @@ def create_app(desk: Desk, photos_root: Path, limits: Limits = Limits(), logins:
         except KeyError:
             raise HTTPException(404, f"no batch {batch_id!r}") from None
 
-    def answer(request: Request, batch, skipped_only: bool = False) -> Response:  # noqa: ANN001
+    def answer(request: Request, batch) -> Response:  # noqa: ANN001
         url = f"/batches/{batch.id}"
         if "text/html" in request.headers.get("accept", "") and "application/json" not in request.headers.get("accept", ""):
             return RedirectResponse(url, 303)
@@ -230,8 +228,10 @@ def create_app(desk: Desk, photos_root: Path, limits: Limits = Limits(), logins:
             (refused.append((name, reason)) if reason else accepted.append((name, path)))
         if not accepted:
             raise HTTPException(415, f"no photo this app can read in {folder!r}")
+        if len(accepted) > limits.max_files:  # never a silent cut: the user picks a smaller folder
+            raise HTTPException(400, f"{folder!r} holds {len(accepted)} photos, more than the {limits.max_files} a batch may have")
         batch_id, batch_folder = desk.new_batch_folder()
-        return answer(request, desk.submit(batch_id, batch_folder, accepted[: limits.max_files], refused))
+        return answer(request, desk.submit(batch_id, batch_folder, accepted, refused))
 
     @app.get("/batches/{batch_id}", response_class=HTMLResponse)
     def batch_page(request: Request, batch_id: str) -> HTMLResponse:
