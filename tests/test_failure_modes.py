@@ -470,10 +470,12 @@ def test_features_killed_mid_extraction_keeps_previous_cache_and_reruns(tmp_path
         log = tmp_path / f"features_{signum.name}.log"
         proc = stage_process(env, project, "features", log)
         try:
-            wait_until(staged, 180, "feature extraction to start", proc)
-            time.sleep(0.5)
-            assert proc.poll() is None, "extraction finished before the signal; the test needs a slower stage"
+            # freeze the stage the moment extraction starts, so the signal lands mid-extraction on any machine
+            folder = wait_until(staged, 180, "feature extraction to start", proc, poll=0.01)[0]
+            proc.send_signal(signal.SIGSTOP)
+            assert proc.poll() is None and not (folder / "meta.json").exists(), "extraction ended before the signal"
             proc.send_signal(signum)
+            proc.send_signal(signal.SIGCONT)
             code = proc.wait(timeout=120)
         finally:
             if proc.poll() is None:
