@@ -19,6 +19,9 @@ import json
 import time
 from pathlib import Path
 
+import numpy as np
+from sklearn.metrics import roc_auc_score
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 PHOTOS = REPO_ROOT.parent / "shared" / "data" / "sdnet2018-photos"
 SETTINGS = ("227:227", "256:256", "256:128")  # the training patch size; the truth's 256 px grid; with half overlap
@@ -32,7 +35,8 @@ def measure(spec: str, photos: Path, setting: str, batch_size: int, rule: str = 
     from crackcls.config import load_config, parse_config
     from crackcls.jobs.predict import load_for, runtime_for
     from crackcls.jobs.scan import scan_paths, settings_from
-    from crackcls.photos.tile_truth import read_tile_truth, tile_level_metrics
+    from crackcls.photos.tile_truth import read_tile_truth, tile_level_metrics, tile_truth_mask
+    from crackcls.trust import companions
 
     tile, stride = (int(v) for v in setting.split(":"))
     model = load_for(spec, runtime_for(spec, None))
@@ -53,10 +57,19 @@ def measure(spec: str, photos: Path, setting: str, batch_size: int, rule: str = 
     verdicts = {Path(s.path).name: {"truth": Path(s.path).parent.name, "verdict": s.verdict, "crack_tiles": s.crack_tiles,
                                     "tiles": s.tiles} for s in scans}  # fmt: skip
     right = sum((v["verdict"] == "crack") == (v["truth"] == "Positive") for v in verdicts.values())
+    # the tiles alone, before any photo rule: how well they rank, and how many uncracked ones the patch threshold flags
+    patch_threshold = companions.threshold(model, None, config.evaluate.threshold)
+    actual = {s.path: tile_truth_mask(s, truth.get(str(Path(s.path).resolve()), [])) for s in scans}
+    scores = np.concatenate([s.probabilities.ravel() for s in scans])
+    cracked = np.concatenate([actual[s.path].ravel() for s in scans])
+    false_rate = {surface: round(float(np.mean(np.concatenate(
+        [s.probabilities[~actual[s.path]] for s in scans if Path(s.path).name.startswith(surface + "_")]) >= patch_threshold)), 3)
+        for surface in surfaces}  # fmt: skip
     return {"model": spec, "tile": tile, "stride": stride, "rule": "fitted" if settings.fitted else "fixed",
             "rule_values": settings.rule.as_dict(), "threshold": settings.threshold, **tiles,
             "tile_f1": f1(tiles["tile_recall"], tiles["tile_precision"]), "photos_right": right,
-            "fp_tiles_per_photo_by_surface": by_surface,
+            "fp_tiles_per_photo_by_surface": by_surface, "tile_auroc": round(float(roc_auc_score(cracked, scores)), 3),
+            "patch_threshold": patch_threshold, "false_tile_rate_by_surface": false_rate,
             "photos": len(verdicts), "verdicts": verdicts, "seconds": round(seconds, 2)}  # fmt: skip
 
 
@@ -78,14 +91,17 @@ def main() -> None:
     print("|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         v = r["rule_values"]
-        rule = f"{r['rule']} (t {v['tile_threshold']:.2f}, k {v['min_region_tiles']}, peak {v['peak_threshold']:.2f})"
+        margin = "" if v.get("background_margin") is None else f", median + {v['background_margin']:.2f}"
+        rule = f"{r['rule']} (t {v['tile_threshold']:.2f}, k {v['min_region_tiles']}, peak {v['peak_threshold']:.2f}{margin})"
         print(f"| {r['model']} | {r['tile']}:{r['stride']} | {rule} | {r['tile_recall']:.3f} | {r['tile_precision']:.3f} | "
               f"{r['tile_f1']:.3f} | {r['fp_tiles_per_photo']:.1f} | {r['photos_right']}/{r['photos']} | {r['seconds']} |")  # fmt: skip
     for r in rows:
         wrong = [name for name, v in r["verdicts"].items() if (v["verdict"] == "crack") != (v["truth"] == "Positive")]
         surfaces = ", ".join(f"{k} {v}" for k, v in r["fp_tiles_per_photo_by_surface"].items())
+        rates = ", ".join(f"{k} {v:.3f}" for k, v in r["false_tile_rate_by_surface"].items())
         print(f"{r['model']} {r['tile']}:{r['stride']} {r['rule']}: wrong verdicts: {', '.join(wrong) or 'none'}; "
-              f"false crack tiles per photo: {surfaces}")
+              f"false crack tiles per photo: {surfaces}; tile AUROC {r['tile_auroc']:.3f}; "
+              f"uncracked tiles at or above the patch threshold {r['patch_threshold']:.2f}: {rates}")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(rows, indent=2))
     print(f"written: {args.out}")

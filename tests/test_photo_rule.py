@@ -15,7 +15,8 @@ def test_the_score_reaches_the_tile_threshold_exactly_when_a_region_counts():
     for _ in range(400):
         grid = rng.random((6, 7)) ** rng.uniform(0.5, 4)
         t = float(rng.uniform(0.2, 0.9))
-        rule = PhotoRule(t, int(rng.integers(1, 5)), float(rng.uniform(t, 1.0)))
+        margin = [None, 0.0, 0.1, 0.3][int(rng.integers(4))]
+        rule = PhotoRule(t, int(rng.integers(1, 5)), float(rng.uniform(t, 1.0)), margin)
         for connectivity in (4, 8):
             crack = photo_rule.crack_mask(grid, rule, connectivity).any()
             assert crack == (photo_rule.photo_score(grid, rule, connectivity) >= t)
@@ -83,3 +84,59 @@ def test_the_fitted_rule_travels_in_the_decision_file(tmp_path):
     assert companions.read(tmp_path / "model.keras").photo_rule == rule
     companions.write(tmp_path / "old.keras", companions.Companions(threshold=0.5))
     assert companions.read(tmp_path / "old.keras").photo_rule is None
+
+
+def test_a_texture_all_over_a_photo_is_not_a_crack_under_a_background_margin():
+    textured = np.full((6, 8), 0.8)  # a surface the model misreads everywhere
+    textured[2, 1:6] = 0.97  # and a crack through it
+    plain = np.full((6, 8), 0.1)
+    plain[3, 2:5] = 0.7
+    rule, margined = PhotoRule(0.6), PhotoRule(0.6, background_margin=0.1)
+    assert photo_rule.crack_mask(textured, rule).all()  # every tile a crack tile
+    mask = photo_rule.crack_mask(textured, margined)
+    assert mask.sum() == 5 and mask[2, 1:6].all()  # only the crack stands out from its photo
+    assert not photo_rule.crack_mask(np.full((6, 8), 0.8), margined).any()  # the texture alone: no crack
+    # a photo whose median is far below the threshold reads exactly as without the margin
+    assert (photo_rule.crack_mask(plain, margined) == photo_rule.crack_mask(plain, rule)).all()
+    assert photo_rule.photo_score(plain, margined) == photo_rule.photo_score(plain, rule)
+
+
+def test_rules_with_and_without_a_margin_round_trip_and_old_ones_still_read():
+    rule = PhotoRule(0.4, 4, 0.63, 0.2)
+    assert PhotoRule.from_dict(rule.as_dict()) == rule
+    assert PhotoRule.from_dict({"tile_threshold": 0.5, "min_region_tiles": 2, "peak_threshold": 0.9}).background_margin is None
+    with pytest.raises(CrackclsError, match="background_margin"):
+        PhotoRule(0.5, background_margin=1.5)
+
+
+def _photos(grids: list[np.ndarray], truths: list[np.ndarray]) -> photo_rule.ValidationPhotos:
+    return photo_rule.ValidationPhotos(np.stack(grids), np.stack(truths), [str(i) for i in range(len(grids))])
+
+
+def test_the_fit_chooses_a_margin_where_validation_photos_need_one():
+    grids, truths = [], []
+    for n in range(40):
+        textured, cracked = n % 2 == 0, n % 4 < 3
+        grid = np.full((6, 8), 0.8 if textured else 0.1)
+        truth = np.zeros((6, 8), bool)
+        if cracked:
+            truth[n % 6, 1:5] = True
+            grid[truth] = 0.95 if textured else 0.7  # a crack on a plain surface scores below the texture
+        grids.append(grid)
+        truths.append(truth)
+    photos = _photos(grids, truths)
+    fitted = photo_rule.fit(photos, target_photo_recall=0.95)
+    assert fitted.reached_target and fitted.rule.background_margin is not None
+    assert fitted.metrics["tile_f1"] == 1.0 and fitted.metrics["photo_false_alarm_rate"] == 0.0
+    unmargined = PhotoRule(fitted.rule.tile_threshold, fitted.rule.min_region_tiles, fitted.rule.peak_threshold)
+    assert photo_rule.evaluate_rule(photos, unmargined)["tile_f1"] < 0.5
+
+
+def test_a_rule_that_calls_every_crack_free_photo_crack_never_reaches_the_target():
+    # a model that cannot tell the crack tiles from the others: finding 95% of cracked photos means calling all of them
+    grids = [np.full((6, 8), 0.5) for _ in range(20)]
+    truths = [np.zeros((6, 8), bool) for _ in range(20)]
+    for truth in truths[:15]:
+        truth[2, 2:5] = True
+    fitted = photo_rule.fit(_photos(grids, truths), target_photo_recall=0.95)
+    assert not fitted.reached_target

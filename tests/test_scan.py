@@ -168,6 +168,12 @@ def test_the_photo_rule_fitted_with_the_model_applies_unless_a_threshold_or_the_
     explicit = settings_from(parse_config({}), threshold=0.5, model=model)
     assert (explicit.threshold, explicit.min_region_tiles, explicit.fitted) == (0.5, 1, False)
 
+    # a fitted background margin travels with the rule; the fixed rule takes params.yaml's
+    companions.attach(model, companions.Companions(threshold=0.31, photo_rule={**rule, "background_margin": 0.2}))
+    assert settings_from(parse_config({}), model=model).rule.background_margin == 0.2
+    fixed = settings_from(parse_config({"scan": {"rule": "fixed", "background_margin": 0.1}}), model=model)
+    assert fixed.rule.background_margin == 0.1 and not fixed.fitted
+
 
 def test_a_relative_tile_scales_with_each_photo():
     settings = ScanSettings(tile=256, stride=128, tiles_across=18)
@@ -217,6 +223,18 @@ def test_a_region_counts_by_its_size_or_its_peak_and_the_score_agrees_with_the_v
     assert sure.verdict == "crack" and [r.tiles for r in sure.regions] == [2] and sure.score == pytest.approx(0.5)
     none = aggregate("p", grid, np.array([[0.1, 0.3, 0.49, 0.0, 0.0]]), ScanSettings(tile=100))
     assert none.verdict == "no_crack" and none.regions == [] and none.score == pytest.approx(0.49)
+
+
+def test_a_background_margin_keeps_the_tiles_that_stand_out_and_reports_their_own_peak():
+    grid = tile_grid(500, 200, 100)
+    probs = np.array([[0.85, 0.8, 0.97, 0.8, 0.8], [0.8, 0.8, 0.96, 0.8, 0.82]])  # a texture, and a crack through it
+    plain = aggregate("p", grid, probs, ScanSettings(tile=100, threshold=0.5))
+    assert plain.crack_tiles == 10 and len(plain.regions) == 1
+    margined = aggregate("p", grid, probs, ScanSettings(tile=100, threshold=0.5, background_margin=0.1))
+    (region,) = margined.regions
+    assert margined.crack_tiles == 2 and region.box == (200, 0, 300, 200)
+    assert region.max_probability == pytest.approx(0.97)  # the model's probability, not the adjusted score
+    assert margined.row()["background_margin"] == 0.1 and margined.verdict == "crack"
 
 
 def test_regions_join_at_corners_only_with_eight_connectivity():

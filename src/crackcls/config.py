@@ -65,6 +65,7 @@ class ScanConfig(Section):
     target_photo_recall: float | None = Field(default=0.95, gt=0, le=1, description="photo recall the fitted rule aims for")
     min_region_tiles: int = Field(default=1, ge=1, description="tiles a region needs to count (fixed rule)")
     peak_threshold: float = Field(default=1.0, gt=0, le=1, description="peak that makes a smaller region count (fixed rule)")
+    background_margin: float | None = Field(default=None, ge=0, le=1, description="a tile must also reach its photo's median plus this (fixed rule)")
     connectivity: Literal[4, 8] = 8
     overlay_size: int = Field(default=1024, ge=64, le=8192, description="longest side of an overlay PNG")
 

@@ -43,3 +43,29 @@ def weight_shares(items: Sequence[Item], weights: np.ndarray | None) -> dict[str
         totals[f"{source}/{'positive' if label else 'negative'}"] += float(weight)
     whole = sum(totals.values()) or 1.0
     return {key: round(value / whole, 4) for key, value in sorted(totals.items())}
+
+
+def hard_negatives(items: Sequence[Item], probabilities: np.ndarray, share: float) -> np.ndarray:
+    """Per item: is it one of the ``share`` of its source's uncracked images the model scores highest?
+
+    Per source, so that the source whose negatives look least like cracks (Mendeley's plain
+    campus walls) does not hide the joints, holes, edges and shadows of another.
+    """
+    probabilities = np.asarray(probabilities, np.float64)
+    if len(probabilities) != len(items):
+        raise ValueError(f"{len(probabilities)} probabilities for {len(items)} items")
+    hard = np.zeros(len(items), bool)
+    for source in sorted({it.source for it in items}):
+        index = np.asarray([i for i, it in enumerate(items) if it.source == source and it.label == 0], int)
+        if index.size:
+            count = int(round(share * index.size))
+            # the highest scores first; ties broken by position, so the choice is reproducible
+            hard[index[np.argsort(-probabilities[index], kind="stable")[:count]]] = True
+    return hard
+
+
+def emphasised(weights: np.ndarray | None, hard: np.ndarray, factor: float) -> np.ndarray:
+    """``weights`` (or ones) with the ``hard`` items' multiplied by ``factor``, scaled back to a mean of 1."""
+    base = np.ones(len(hard), np.float64) if weights is None else np.asarray(weights, np.float64)
+    raw = base * np.where(hard, factor, 1.0)
+    return (raw * len(raw) / raw.sum()).astype(np.float32) if len(raw) else raw.astype(np.float32)

@@ -78,7 +78,7 @@ def settings_from(
     scan = config.scan
     return settings_for(
         model, tile, stride, threshold, config.evaluate.threshold, scan.rule == "fitted",
-        scan.min_region_tiles, scan.peak_threshold, scan.connectivity, tiles_across,
+        scan.min_region_tiles, scan.peak_threshold, scan.connectivity, tiles_across, scan.background_margin,
     )  # fmt: skip
 
 

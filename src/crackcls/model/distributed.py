@@ -206,6 +206,8 @@ class Cluster:
         are all-reduced and so identical on every worker.
         """
         me, strategy = self.me, self.strategy
+        if train.hard_negatives.epochs > 0:
+            raise CrackclsError("train.hard_negatives is single-process only: set train.hard_negatives.epochs: 0 for multi-worker training")
         global_batch = train.batch_size * strategy.num_replicas_in_sync
         train_items, val_items = split_items(workspace, "train"), split_items(workspace, "val")
         if len(train_items) < me.workers:
@@ -253,7 +255,7 @@ class Cluster:
               + ("" if me.is_chief else "; the chief writes the outputs"), flush=True)  # fmt: skip
         merged = merge_phases(phases)
         metrics = {"training_time_s": round(seconds, 2), "epochs_trained": len(merged["loss"]), "steps": ran}
-        trained = Trained(crack, merged, len(phases[0][1]["loss"]) if len(phases) > 1 else None, metrics, params)
+        trained = Trained(crack, merged, metrics, params)
         if not me.is_chief:
             return trained
         trained.crack = rebuilt(crack, model, train)

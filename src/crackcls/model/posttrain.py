@@ -111,5 +111,5 @@ def _photo_rule(probabilities: np.ndarray, val: _Scored, target: float, connecti
     fitted = photo_rule.fit(photos, target, connectivity)
     rule = {**fitted.rule.as_dict(), "validation": {key: round(float(v), 6) for key, v in fitted.metrics.items()}}
     figures = {f"val_scan_{key}": float(value) for key, value in fitted.metrics.items() if key != "target_photo_recall"}
-    figures.update({f"scan_{key}": float(value) for key, value in fitted.rule.as_dict().items()})
+    figures.update({f"scan_{key}": float(value) for key, value in fitted.rule.as_dict().items() if value is not None})
     return rule, figures

@@ -92,6 +92,15 @@ class ScratchConfig(Section):
     batchnorm_recalibration_batches: int = Field(default=50, ge=0, description="0 keeps the moving averages")
 
 
+class HardNegativesConfig(Section):
+    """A last phase on the uncracked training images the model still scores highest (joints, holes, edges, shadows)."""
+
+    epochs: int = Field(default=0, ge=0, description="0 turns the phase off")
+    share: float = Field(default=0.2, gt=0, le=1, description="of each source's uncracked training images")
+    weight: float = Field(default=3.0, ge=1, description="their weight multiplied by this (then scaled to a mean of 1)")
+    learning_rate_scale: float = Field(default=0.1, gt=0, le=1, description="of the last phase's learning rate")
+
+
 class TrainConfig(Section):
     epochs: int = Field(default=10, gt=0)
     patience: int = Field(default=3, ge=0)
@@ -103,6 +112,7 @@ class TrainConfig(Section):
     feature_cache: bool = True
     cache_views: int = Field(default=1, ge=1, le=64, description="views cached per image (1 = the plain image)")
     scratch: ScratchConfig = ScratchConfig()
+    hard_negatives: HardNegativesConfig = HardNegativesConfig()
     # weights per image so that no source or class drowns the others (crackcls.data.balance)
     balance: Balance = "source_class"
     # compute precision while training (crackcls.model.runtime); saved models are float32 either way

@@ -21,10 +21,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import keras
+import numpy as np
 import tensorflow as tf
 
 from crackcls.data import manifest
-from crackcls.data.balance import balance_weights
+from crackcls.data.balance import balance_weights, emphasised, hard_negatives
 from crackcls.data.pipeline import manifest_dataset
 from crackcls.model import features, runtime
 from crackcls.model.build import (
@@ -37,6 +38,7 @@ from crackcls.model.build import (
     rebuilt,
     unfreeze_top,
 )
+from crackcls.model.inference import predict_files
 from crackcls.model.settings import ModelConfig, TrainConfig
 from crackcls.trust import companions
 from crackcls.util import atomic, paths, plots
@@ -57,7 +59,6 @@ class Trained:
 
     crack: CrackModel
     history: dict[str, list] = field(default_factory=dict)  # per epoch: "phase", loss, accuracy, val_*
-    phase_start: int | None = None  # the epoch the fine-tuning phase starts at; None with one phase
     metrics: dict[str, float] = field(default_factory=dict)  # training_time_s, epochs_trained, ...
     params: dict[str, str] = field(default_factory=dict)  # what training decided, e.g. layers unfrozen
 
@@ -104,25 +105,38 @@ def fit(model: ModelConfig, train: TrainConfig, workspace: Path, on_epoch: Epoch
     metrics: dict[str, float] = {}
     params: dict[str, str] = {}
     scratch = from_scratch(model)
+    hard = train.hard_negatives
     if scratch:
         phases = [("scratch", _fit_on_images(crack, model, train, items, workspace, callbacks, 0, train.epochs, scratch=True))]
-        crack = in_float32(crack, model, train)  # BatchNorm statistics of the model that is saved
-        metrics["batchnorm_recalibration_images"] = recalibrate_batchnorm(crack, model, train, items[0], workspace)
+        last_rate = train.scratch.learning_rate
     elif train.feature_cache:
         phases = [("frozen", _fit_head_on_cache(crack, model, train, workspace, callbacks, items[0]))]
+        last_rate = train.learning_rate
     else:
         phases = [("frozen", _fit_on_images(crack, model, train, items, workspace, callbacks, 0, train.epochs, train.learning_rate))]
+        last_rate = train.learning_rate
     frozen_epochs = len(phases[0][1]["loss"])
-    if not scratch and model.fine_tune_layers > 0 and train.fine_tune_epochs > 0:
+    fine_tuned = not scratch and model.fine_tune_layers > 0 and train.fine_tune_epochs > 0
+    if fine_tuned:
         params["fine_tune_layers_unfrozen"] = str(unfreeze_top(crack.backbone, model.fine_tune_layers))
         fine_tune = _fit_on_images(
             crack, model, train, items, workspace, callbacks, frozen_epochs, train.fine_tune_epochs, train.fine_tune_learning_rate
         )
         phases.append(("fine_tune", fine_tune))
+        last_rate = train.fine_tune_learning_rate
+    if hard.epochs > 0:
+        first = sum(len(history["loss"]) for _, history in phases)
+        on_cache = train.feature_cache and not scratch and not fine_tuned  # the head alone has trained, on cached features
+        history, figures = _fit_hard_negatives(crack, model, train, items, workspace, callbacks, first, last_rate, on_cache)
+        phases.append(("hard_negatives", history))
+        metrics.update(figures)
+    if scratch:
+        crack = in_float32(crack, model, train)  # BatchNorm statistics of the model that is saved
+        metrics["batchnorm_recalibration_images"] = recalibrate_batchnorm(crack, model, train, items[0], workspace)
     history = merge_phases(phases)
     metrics.update(training_time_s=round(time.perf_counter() - started, 2), epochs_trained=len(history["loss"]))
     params["training_precision"] = precision
-    return Trained(in_float32(crack, model, train), history, frozen_epochs if len(phases) > 1 else None, metrics, params)
+    return Trained(in_float32(crack, model, train), history, metrics, params)
 
 
 def in_float32(crack: CrackModel, model: ModelConfig, train: TrainConfig) -> CrackModel:
@@ -159,13 +173,22 @@ def _fit_head_on_cache(
     train_set = features.load(cache, "train", key)
     val_set = features.load(cache, "val", key)
     compile_binary(crack.head, train.learning_rate)
-    has_val = len(val_set.labels) > 0
     decoded = [item for item, ok in zip(train_items, train_set.kept) if ok]
     weights = balance_weights(decoded, train.balance)
+    return _train_head(crack, train, (train_set, val_set), weights, callbacks, 0, train.epochs)
+
+
+def _train_head(
+    crack: CrackModel, train: TrainConfig, sets: tuple, weights: np.ndarray | None, callbacks: list, first_epoch: int, epochs: int
+) -> dict[str, list[float]]:
+    """Fit the compiled head on cached (train, val) features."""
+    train_set, val_set = sets
+    has_val = len(val_set.labels) > 0
     return crack.head.fit(
         features.head_dataset(train_set, train.batch_size, train.seed, shuffle=True, weights=weights),
         validation_data=features.head_dataset(val_set, train.batch_size, train.seed, shuffle=False) if has_val else None,
-        epochs=train.epochs,
+        initial_epoch=first_epoch,
+        epochs=first_epoch + epochs,
         callbacks=callbacks,
         shuffle=False,  # the dataset shuffles itself, seeded
         verbose=2,
@@ -186,27 +209,89 @@ def _fit_on_images(
     scratch: bool = False,
 ) -> dict[str, list[float]]:
     """Fit the whole model on decoded images; ``scratch`` uses the from-scratch recipe and keeps images in memory."""
-    size, batch, seed = model.image_size, train.batch_size, train.seed
-    train_items, val_items = items
+    train_items = items[0]
     if not train_items:
         raise CrackclsError("the train split is empty; adjust data.split ratios")
     if scratch:
         recipe = train.scratch
-        steps = -(-len(train_items) // batch)
+        steps = -(-len(train_items) // train.batch_size)
         schedule = learning_rate_schedule(recipe.learning_rate, recipe.schedule, steps, epochs, recipe.warmup_epochs)
         compile_binary(crack.model, schedule, recipe.weight_decay, recipe.label_smoothing)
     else:
         compile_binary(crack.model, learning_rate)
     weights = balance_weights(train_items, train.balance)
+    return _train_images(crack, model, train, items, workspace, weights, callbacks, first_epoch, epochs, scratch)
+
+
+def _train_images(
+    crack: CrackModel, model: ModelConfig, train: TrainConfig, items: tuple[list, list], workspace: Path,
+    weights: np.ndarray | None, callbacks: list, first_epoch: int, epochs: int, in_memory: bool,
+) -> dict[str, list[float]]:  # fmt: skip
+    """Fit the compiled model on decoded (train, val) images; ``in_memory`` keeps them decoded between epochs."""
+    size, batch, seed = model.image_size, train.batch_size, train.seed
+    train_items, val_items = items
     return crack.model.fit(
-        manifest_dataset(train_items, size, batch, shuffle_seed=seed, base=workspace, cache=scratch, weights=weights),
-        validation_data=manifest_dataset(val_items, size, batch, base=workspace, cache=scratch) if val_items else None,
+        manifest_dataset(train_items, size, batch, shuffle_seed=seed, base=workspace, cache=in_memory, weights=weights),
+        validation_data=manifest_dataset(val_items, size, batch, base=workspace, cache=in_memory) if val_items else None,
         initial_epoch=first_epoch,
         epochs=first_epoch + epochs,
         callbacks=callbacks,
         shuffle=False,  # the dataset shuffles itself, seeded
         verbose=2,
     ).history
+
+
+def _fit_hard_negatives(
+    crack: CrackModel,
+    model: ModelConfig,
+    train: TrainConfig,
+    items: tuple[list, list],
+    workspace: Path,
+    callbacks: list,
+    first_epoch: int,
+    last_rate: float,
+    on_cache: bool,
+) -> tuple[dict[str, list[float]], dict[str, float]]:
+    """Train on, with the uncracked training images the model now scores highest weighted up.
+
+    The model scores every training image as it stands (un-augmented); per source, the
+    ``share`` of uncracked ones it scores highest are weighted ``weight`` times more, at
+    ``learning_rate_scale`` of the last phase's learning rate. Early stopping on the
+    validation loss still keeps the best epoch of all phases.
+    """
+    config = train.hard_negatives
+    train_items = items[0]
+    rate = last_rate * config.learning_rate_scale
+    if on_cache:
+        key = features.cache_key(model, train, workspace / paths.SPLIT_DIR)
+        cache = features.cache_dir(workspace)
+        sets = features.load(cache, "train", key), features.load(cache, "val", key)
+        scored = [item for item, ok in zip(train_items, sets[0].kept) if ok]
+        ordered = features.head_dataset(sets[0], train.batch_size, train.seed, shuffle=False)
+        scores = crack.head.predict(ordered, verbose=0).reshape(-1).astype(np.float64)
+        hard = hard_negatives(scored, scores, config.share)
+        compile_binary(crack.head, rate)
+        weights = emphasised(balance_weights(scored, train.balance), hard, config.weight)
+        history = _train_head(crack, train, sets, weights, callbacks, first_epoch, config.epochs)
+    else:
+        scored = train_items
+        scores, readable = predict_files(crack.model, [it.path for it in train_items], train.batch_size, base=workspace)
+        scores = np.where(readable, scores, 0.0)  # an unreadable image is skipped by the dataset, never hard
+        hard = hard_negatives(scored, scores, config.share) & readable
+        scratch = from_scratch(model)
+        if scratch:
+            compile_binary(crack.model, rate, train.scratch.weight_decay, train.scratch.label_smoothing)
+        else:
+            compile_binary(crack.model, rate)
+        weights = emphasised(balance_weights(scored, train.balance), hard, config.weight)
+        history = _train_images(crack, model, train, items, workspace, weights, callbacks, first_epoch, config.epochs, scratch)
+    negatives = np.asarray([it.label == 0 for it in scored])
+    figures = {
+        "hard_negative_images": float(hard.sum()),
+        "hard_negative_min_score": float(scores[hard].min()) if hard.any() else float("nan"),
+        "train_negative_mean_score_before_hard": float(scores[negatives].mean()) if negatives.any() else float("nan"),
+    }
+    return history, figures
 
 
 def recalibrate_batchnorm(crack: CrackModel, model: ModelConfig, train: TrainConfig, train_items: list, workspace: Path) -> int:
@@ -246,5 +331,5 @@ def save(trained: Trained, fitted: companions.Companions, workspace: Path) -> Sa
         trained.crack.model.save(tmp)
     written = companions.write(model_file, fitted)
     atomic.write_text(workspace / HISTORY_FILE, history_csv(trained.history))
-    plots.training_curves(trained.history, workspace / CURVES_FILE, phase_start=trained.phase_start)
+    plots.training_curves(trained.history, workspace / CURVES_FILE)
     return Saved(model_file, written, [workspace / CURVES_FILE, workspace / HISTORY_FILE])

@@ -128,10 +128,11 @@ def readable_overlay(picture: np.ndarray, scan: PhotoScan, model: str) -> np.nda
 def _rule_text(scan: PhotoScan) -> str:
     """How a region counts, where it is more than any tile at the threshold."""
     settings = scan.settings
+    margin = "" if settings.background_margin is None else f" (each >= photo median + {settings.background_margin:.2f})"
     if settings.min_region_tiles <= 1:
-        return ""
+        return margin
     peak = f" or peak >= {settings.peak_threshold:.2f}" if settings.peak_threshold < 1.0 else ""
-    return f"; a region needs {settings.min_region_tiles} tiles{peak}"
+    return f"{margin}; a region needs {settings.min_region_tiles} tiles{peak}"
 
 
 def _familiarity_line(scan: PhotoScan) -> str:

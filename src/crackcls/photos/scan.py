@@ -58,6 +58,7 @@ class ScanSettings:
     connectivity: int = 8
     fitted: bool = False  # the rule is the one fitted with the model
     tiles_across: int | None = None  # set: each photo's tile is its longest side over this (tile and stride scale with it)
+    background_margin: float | None = None  # set: a tile must also reach its photo's median plus this
 
     def __post_init__(self) -> None:
         if self.tile < 1:
@@ -85,7 +86,7 @@ class ScanSettings:
 
     @property
     def rule(self) -> PhotoRule:
-        return PhotoRule(self.threshold, self.min_region_tiles, self.peak_threshold)
+        return PhotoRule(self.threshold, self.min_region_tiles, self.peak_threshold, self.background_margin)
 
     def describe(self) -> dict:
         """What a report or an MLflow run records of these settings."""
@@ -105,6 +106,7 @@ def settings_for(
     peak_threshold: float = 1.0,
     connectivity: int = 8,
     tiles_across: int | None = None,
+    background_margin: float | None = None,
 ) -> ScanSettings:
     """The scan settings one model answers with: its fitted photo rule, unless a threshold is given or ``use_fitted`` is off.
 
@@ -116,12 +118,14 @@ def settings_for(
     if fitted is not None:
         rule = PhotoRule.from_dict(fitted)
         return ScanSettings(
-            tile, stride, rule.tile_threshold, rule.min_region_tiles, rule.peak_threshold, connectivity, True, tiles_across
-        )
+            tile, stride, rule.tile_threshold, rule.min_region_tiles, rule.peak_threshold, connectivity, True, tiles_across,
+            rule.background_margin,
+        )  # fmt: skip
     tile_threshold = companions.threshold(model, threshold, fallback_threshold)
     return ScanSettings(
-        tile, stride, tile_threshold, min_region_tiles, max(peak_threshold, tile_threshold), connectivity, False, tiles_across
-    )
+        tile, stride, tile_threshold, min_region_tiles, max(peak_threshold, tile_threshold), connectivity, False, tiles_across,
+        background_margin,
+    )  # fmt: skip
 
 
 # ---------------------------------------------------------------- tile grid (pure)
@@ -195,15 +199,16 @@ class Region:
 
 def crack_regions(grid: TileGrid, probabilities: np.ndarray, settings: ScanSettings) -> list[Region]:
     """The regions that count under the settings' rule, the most confident first."""
-    regions = photo_rule.regions_of(probabilities, settings.threshold, settings.connectivity)
+    regions = photo_rule.regions_of(photo_rule.adjusted(probabilities, settings.rule), settings.threshold, settings.connectivity)
     found = []
     for number in np.flatnonzero(photo_rule.counted(regions, settings.rule)):
         cells = np.argwhere(regions.labels == number + 1)
         boxes = np.array([grid.box(int(r), int(c)) for r, c in cells])
+        peak = float(np.asarray(probabilities)[cells[:, 0], cells[:, 1]].max())  # the model's own, not the adjusted score
         found.append(
             Region(
                 int(boxes[:, 0].min()), int(boxes[:, 1].min()), int(boxes[:, 2].max()), int(boxes[:, 3].max()),
-                len(cells), float(regions.peaks[number]), tuple((int(r), int(c)) for r, c in cells),
+                len(cells), peak, tuple((int(r), int(c)) for r, c in cells),
             )
         )  # fmt: skip
     return sorted(found, key=lambda region: (-region.max_probability, region.top, region.left))
@@ -278,6 +283,7 @@ class PhotoScan:
             "threshold": self.settings.threshold,
             "min_region_tiles": self.settings.min_region_tiles,
             "peak_threshold": self.settings.peak_threshold,
+            "background_margin": self.settings.background_margin,
             "tile": self.grid.tile,
             "width": self.grid.width,
             "height": self.grid.height,

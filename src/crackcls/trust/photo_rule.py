@@ -5,6 +5,13 @@ has at least ``min_region_tiles`` tiles or its peak reaches ``peak_threshold``: 
 tile is noise, a lone sure one is not. A photo is ``crack`` when one of its regions counts,
 and only the tiles of counted regions are crack tiles.
 
+With a ``background_margin``, a tile must also stand that far above its own photo's median
+tile: a crack is a line through a surface, and a texture the model misreads everywhere in a
+photo (pitting, a coarse aggregate) raises the whole photo, not one path through it. The
+photo's scores are lowered by however much median plus margin exceeds the tile threshold
+(:func:`adjusted`), so one threshold still decides, and a photo whose median is low is
+read exactly as without it.
+
 :func:`fit` chooses the rule at training time on validation photos built from the
 validation split (:func:`validation_photos`), never from the test split: among the rules
 that find at least ``target_photo_recall`` of the cracked photos, the one with the best
@@ -14,7 +21,7 @@ tile F1, then the fewest false alarms on crack-free photos.
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -30,6 +37,7 @@ CRACK_FREE_SHARE = 0.25  # of the validation photos
 # Tiles on one crack's path: SDNET2018's cracked photos hold 8 to 91 cracked tiles of 252 in the shared set.
 CRACK_LENGTHS = (3, 60)
 MIN_REGION_CHOICES = (1, 2, 3, 4)
+BACKGROUND_MARGIN_CHOICES = (None, 0.0, 0.05, 0.1, 0.2, 0.3)
 DEFAULT_TARGET_PHOTO_RECALL = 0.95
 
 
@@ -38,6 +46,7 @@ class PhotoRule:
     tile_threshold: float
     min_region_tiles: int = 1
     peak_threshold: float = 1.0  # a smaller region counts when its peak reaches this
+    background_margin: float | None = None  # set: a tile must also reach its photo's median plus this
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.tile_threshold <= 1.0:
@@ -48,6 +57,8 @@ class PhotoRule:
             raise CrackclsError(
                 f"peak_threshold must be between the tile threshold ({self.tile_threshold:g}) and 1, got {self.peak_threshold:g}"
             )
+        if self.background_margin is not None and not 0.0 <= self.background_margin <= 1.0:
+            raise CrackclsError(f"background_margin must be between 0 and 1 (or null), got {self.background_margin:g}")
 
     def as_dict(self) -> dict:
         return {key: round(value, 6) if isinstance(value, float) else value for key, value in asdict(self).items()}
@@ -55,7 +66,11 @@ class PhotoRule:
     @classmethod
     def from_dict(cls, raw: dict) -> PhotoRule:
         try:
-            return cls(float(raw["tile_threshold"]), int(raw.get("min_region_tiles", 1)), float(raw.get("peak_threshold", 1.0)))
+            margin = raw.get("background_margin")  # absent in rules fitted before it existed
+            return cls(
+                float(raw["tile_threshold"]), int(raw.get("min_region_tiles", 1)), float(raw.get("peak_threshold", 1.0)),
+                None if margin is None else float(margin),
+            )  # fmt: skip
         except (KeyError, TypeError, ValueError) as exc:
             raise CrackclsError(f"not a photo rule: {raw!r} ({exc})") from None
 
@@ -85,6 +100,19 @@ def regions_of(probabilities: np.ndarray, threshold: float, connectivity: int = 
     return Regions(labels, sizes, peaks)
 
 
+def adjusted(probabilities: np.ndarray, rule: PhotoRule) -> np.ndarray:
+    """The photo's tile scores as the rule compares them: lowered by how far median plus margin exceeds the threshold.
+
+    A tile then reaches ``rule.tile_threshold`` exactly when its probability reaches both
+    the threshold and the photo's median plus ``rule.background_margin``.
+    """
+    probabilities = np.asarray(probabilities, np.float64)
+    if rule.background_margin is None or probabilities.size == 0:
+        return probabilities
+    raised = float(np.median(probabilities)) + rule.background_margin - rule.tile_threshold
+    return probabilities - raised if raised > 0 else probabilities
+
+
 def counted(regions: Regions, rule: PhotoRule) -> np.ndarray:
     """Per region: does it count under ``rule``?"""
     return (regions.sizes >= rule.min_region_tiles) | (regions.peaks >= rule.peak_threshold)
@@ -92,7 +120,7 @@ def counted(regions: Regions, rule: PhotoRule) -> np.ndarray:
 
 def crack_mask(probabilities: np.ndarray, rule: PhotoRule, connectivity: int = 8) -> np.ndarray:
     """The crack tiles: those of counted regions."""
-    regions = regions_of(probabilities, rule.tile_threshold, connectivity)
+    regions = regions_of(adjusted(probabilities, rule), rule.tile_threshold, connectivity)
     keep = np.concatenate([[False], counted(regions, rule)])
     return keep[regions.labels]
 
@@ -104,7 +132,7 @@ def photo_score(probabilities: np.ndarray, rule: PhotoRule, connectivity: int = 
     (``peak_threshold - tile_threshold``), so it reaches the threshold just when its peak
     reaches ``peak_threshold``; a tile outside any region scores its probability.
     """
-    probabilities = np.asarray(probabilities, np.float64)
+    probabilities = adjusted(probabilities, rule)
     if probabilities.size == 0:
         return 0.0
     t = rule.tile_threshold
@@ -233,39 +261,56 @@ def _metrics(tp: int, fp: int, fn: int, said_crack: np.ndarray, cracked: np.ndar
 
 
 def fit(photos: ValidationPhotos, target_photo_recall: float = DEFAULT_TARGET_PHOTO_RECALL, connectivity: int = 8) -> FittedRule:
-    """The rule with the best tile F1 among those reaching ``target_photo_recall``; fewer false alarms break ties."""
+    """The rule with the best tile F1 among those reaching ``target_photo_recall``; fewer false alarms break ties.
+
+    A rule that calls every crack-free validation photo ``crack`` never counts as reaching the
+    target (a weak model's lowest threshold finds every crack and says nothing).
+    """
     cracked = photos.truth.reshape(len(photos.truth), -1).any(axis=1)
     flat = photos.probabilities.reshape(-1)
+    medians = np.median(photos.probabilities.reshape(len(photos.truth), -1), axis=1)
     best_key, best = None, None
     for t in _candidate_thresholds(flat):
-        # every region of every photo at this threshold: its size, peak, true crack tiles and photo
-        sizes, peaks, hits, owner = [], [], [], []
-        for n, (grid, actual) in enumerate(zip(photos.probabilities, photos.truth)):
-            regions = regions_of(grid, t, connectivity)
-            if regions.sizes.size:
-                sizes.append(regions.sizes)
-                peaks.append(regions.peaks)
-                hits.append(np.bincount(regions.labels[actual], minlength=len(regions.sizes) + 1)[1:])
-                owner.append(np.full(len(regions.sizes), n))
-        if not sizes:
-            continue
-        sizes, peaks, hits, owner = (np.concatenate(a) for a in (sizes, peaks, hits, owner))
-        peak_choices = np.unique(np.concatenate([[1.0], np.quantile(peaks[peaks >= t], np.linspace(0.5, 0.98, 8))]))
-        for k in MIN_REGION_CHOICES:
-            for peak in peak_choices if k > 1 else [1.0]:
-                rule = PhotoRule(float(t), k, float(max(peak, t)))
-                keep = (sizes >= k) | (peaks >= rule.peak_threshold)
-                tp = int(hits[keep].sum())
-                fp = int((sizes - hits)[keep].sum())
-                fn = int(photos.truth.sum()) - tp
-                said = np.bincount(owner[keep], minlength=len(cracked)) > 0
-                metrics = _metrics(tp, fp, fn, said, cracked)
-                reached = metrics["photo_recall"] >= target_photo_recall
-                key = (reached, metrics["tile_f1"] if reached else metrics["photo_recall"],
-                       -metrics["photo_false_alarm_rate"], t)  # fmt: skip
+        for margin in BACKGROUND_MARGIN_CHOICES:
+            raised = np.zeros_like(medians) if margin is None else np.maximum(medians + margin - t, 0.0)
+            if margin is not None and not raised.any():
+                continue  # no photo's median comes near: the same rule as without a margin
+            grids = photos.probabilities - raised[:, None, None]
+            for key, fitted in _rules_at(grids, photos.truth, cracked, float(t), margin, target_photo_recall, connectivity):
                 if best_key is None or key > best_key:
-                    best_key, best = key, FittedRule(rule, metrics, reached)
+                    best_key, best = key, fitted
     if best is None:
         raise CrackclsError("no validation tile reaches any threshold: no photo rule can be fitted")
     best.metrics["target_photo_recall"] = target_photo_recall
     return best
+
+
+def _rules_at(
+    grids: np.ndarray, truth: np.ndarray, cracked: np.ndarray, t: float, margin: float | None, target: float, connectivity: int
+) -> Iterator[tuple[tuple, FittedRule]]:
+    """Every region rule at tile threshold ``t`` on already adjusted grids, with its ranking key."""
+    # every region of every photo at this threshold: its size, peak, true crack tiles and photo
+    sizes, peaks, hits, owner = [], [], [], []
+    for n, (grid, actual) in enumerate(zip(grids, truth)):
+        regions = regions_of(grid, t, connectivity)
+        if regions.sizes.size:
+            sizes.append(regions.sizes)
+            peaks.append(regions.peaks)
+            hits.append(np.bincount(regions.labels[actual], minlength=len(regions.sizes) + 1)[1:])
+            owner.append(np.full(len(regions.sizes), n))
+    if not sizes:
+        return
+    sizes, peaks, hits, owner = (np.concatenate(a) for a in (sizes, peaks, hits, owner))
+    peak_choices = np.unique(np.concatenate([[1.0], np.quantile(peaks[peaks >= t], np.linspace(0.5, 0.98, 8))]))
+    for k in MIN_REGION_CHOICES:
+        for peak in peak_choices if k > 1 else [1.0]:
+            rule = PhotoRule(t, k, float(min(max(peak, t), 1.0)), margin)
+            keep = (sizes >= k) | (peaks >= rule.peak_threshold)
+            tp = int(hits[keep].sum())
+            fp = int((sizes - hits)[keep].sum())
+            fn = int(truth.sum()) - tp
+            said = np.bincount(owner[keep], minlength=len(cracked)) > 0
+            metrics = _metrics(tp, fp, fn, said, cracked)
+            reached = metrics["photo_recall"] >= target and not metrics["photo_false_alarm_rate"] >= 1.0
+            key = (reached, metrics["tile_f1"] if reached else metrics["photo_recall"], -metrics["photo_false_alarm_rate"], t)
+            yield key, FittedRule(rule, metrics, reached)

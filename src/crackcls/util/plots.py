@@ -21,14 +21,17 @@ def _save(fig: plt.Figure, target: str | os.PathLike[str]) -> None:
     plt.close(fig)
 
 
-def training_curves(history: Mapping[str, Sequence[float]], target: str | os.PathLike[str], phase_start: int | None = None) -> None:
+def training_curves(history: Mapping[str, Sequence], target: str | os.PathLike[str]) -> None:
+    """Loss and accuracy per epoch, a dotted line where each later phase (``history["phase"]``) starts."""
+    phases = list(history.get("phase", []))
+    starts = [(epoch, phases[epoch]) for epoch in range(1, len(phases)) if phases[epoch] != phases[epoch - 1]]
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
     for ax, metric in zip(axes, ("loss", "accuracy")):
         for key, style in ((metric, "-"), (f"val_{metric}", "--")):
             if history.get(key):
                 ax.plot(range(1, len(history[key]) + 1), history[key], style, marker="o", label=key)
-        if phase_start:
-            ax.axvline(phase_start + 0.5, color="grey", linestyle=":", label="fine-tuning starts")
+        for epoch, phase in starts:
+            ax.axvline(epoch + 0.5, color="grey", linestyle=":", label=f"{phase.replace('_', ' ')} starts")
         ax.set_xlabel("epoch")
         ax.set_title(metric)
         ax.legend()
