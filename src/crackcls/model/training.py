@@ -105,29 +105,29 @@ def fit(model: ModelConfig, train: TrainConfig, workspace: Path, on_epoch: Epoch
     metrics: dict[str, float] = {}
     params: dict[str, str] = {}
     scratch = from_scratch(model)
-    hard = train.hard_negatives
+    cached = None  # the cached features, while the head alone trains on them
     if scratch:
         phases = [("scratch", _fit_on_images(crack, model, train, items, workspace, callbacks, 0, train.epochs, scratch=True))]
         last_rate = train.scratch.learning_rate
     elif train.feature_cache:
-        phases = [("frozen", _fit_head_on_cache(crack, model, train, workspace, callbacks, items[0]))]
+        cached = _cached_features(model, train, workspace, items[0])
+        phases = [("frozen", _fit_head_on_cache(crack, train, cached, callbacks))]
         last_rate = train.learning_rate
     else:
         phases = [("frozen", _fit_on_images(crack, model, train, items, workspace, callbacks, 0, train.epochs, train.learning_rate))]
         last_rate = train.learning_rate
     frozen_epochs = len(phases[0][1]["loss"])
-    fine_tuned = not scratch and model.fine_tune_layers > 0 and train.fine_tune_epochs > 0
-    if fine_tuned:
+    if not scratch and model.fine_tune_layers > 0 and train.fine_tune_epochs > 0:
+        cached = None  # the backbone now trains too: images, not cached features
         params["fine_tune_layers_unfrozen"] = str(unfreeze_top(crack.backbone, model.fine_tune_layers))
         fine_tune = _fit_on_images(
             crack, model, train, items, workspace, callbacks, frozen_epochs, train.fine_tune_epochs, train.fine_tune_learning_rate
         )
         phases.append(("fine_tune", fine_tune))
         last_rate = train.fine_tune_learning_rate
-    if hard.epochs > 0:
+    if train.hard_negatives.epochs > 0:
         first = sum(len(history["loss"]) for _, history in phases)
-        on_cache = train.feature_cache and not scratch and not fine_tuned  # the head alone has trained, on cached features
-        history, figures = _fit_hard_negatives(crack, model, train, items, workspace, callbacks, first, last_rate, on_cache)
+        history, figures = _fit_hard_negatives(crack, model, train, items, workspace, callbacks, first, last_rate, cached)
         phases.append(("hard_negatives", history))
         metrics.update(figures)
     if scratch:
@@ -165,28 +165,36 @@ def _callbacks(patience: int, has_val: bool, on_epoch: EpochHook | None) -> list
     return callbacks
 
 
-def _fit_head_on_cache(
-    crack: CrackModel, model: ModelConfig, train: TrainConfig, workspace: Path, callbacks: list, train_items: list
-) -> dict[str, list[float]]:
+@dataclass(frozen=True)
+class _Cached:
+    """The feature cache of the train and val splits, and the training items it holds (the decodable ones)."""
+
+    train: features.FeatureSet
+    val: features.FeatureSet
+    decoded: list
+
+
+def _cached_features(model: ModelConfig, train: TrainConfig, workspace: Path, train_items: list) -> _Cached:
     cache = features.cache_dir(workspace)
     key = features.cache_key(model, train, workspace / paths.SPLIT_DIR)
     train_set = features.load(cache, "train", key)
-    val_set = features.load(cache, "val", key)
-    compile_binary(crack.head, train.learning_rate)
     decoded = [item for item, ok in zip(train_items, train_set.kept) if ok]
-    weights = balance_weights(decoded, train.balance)
-    return _train_head(crack, train, (train_set, val_set), weights, callbacks, 0, train.epochs)
+    return _Cached(train_set, features.load(cache, "val", key), decoded)
+
+
+def _fit_head_on_cache(crack: CrackModel, train: TrainConfig, cached: _Cached, callbacks: list) -> dict[str, list[float]]:
+    compile_binary(crack.head, train.learning_rate)
+    return _train_head(crack, train, cached, balance_weights(cached.decoded, train.balance), callbacks, 0, train.epochs)
 
 
 def _train_head(
-    crack: CrackModel, train: TrainConfig, sets: tuple, weights: np.ndarray | None, callbacks: list, first_epoch: int, epochs: int
+    crack: CrackModel, train: TrainConfig, cached: _Cached, weights: np.ndarray | None, callbacks: list, first_epoch: int, epochs: int
 ) -> dict[str, list[float]]:
-    """Fit the compiled head on cached (train, val) features."""
-    train_set, val_set = sets
-    has_val = len(val_set.labels) > 0
+    """Fit the compiled head on the cached train features, validating on the cached val ones."""
+    has_val = len(cached.val.labels) > 0
     return crack.head.fit(
-        features.head_dataset(train_set, train.batch_size, train.seed, shuffle=True, weights=weights),
-        validation_data=features.head_dataset(val_set, train.batch_size, train.seed, shuffle=False) if has_val else None,
+        features.head_dataset(cached.train, train.batch_size, train.seed, shuffle=True, weights=weights),
+        validation_data=features.head_dataset(cached.val, train.batch_size, train.seed, shuffle=False) if has_val else None,
         initial_epoch=first_epoch,
         epochs=first_epoch + epochs,
         callbacks=callbacks,
@@ -212,15 +220,24 @@ def _fit_on_images(
     train_items = items[0]
     if not train_items:
         raise CrackclsError("the train split is empty; adjust data.split ratios")
+    rate: float | keras.optimizers.schedules.LearningRateSchedule = learning_rate
     if scratch:
         recipe = train.scratch
         steps = -(-len(train_items) // train.batch_size)
-        schedule = learning_rate_schedule(recipe.learning_rate, recipe.schedule, steps, epochs, recipe.warmup_epochs)
-        compile_binary(crack.model, schedule, recipe.weight_decay, recipe.label_smoothing)
-    else:
-        compile_binary(crack.model, learning_rate)
+        rate = learning_rate_schedule(recipe.learning_rate, recipe.schedule, steps, epochs, recipe.warmup_epochs)
+    _compile_whole(crack, train, rate, scratch)
     weights = balance_weights(train_items, train.balance)
     return _train_images(crack, model, train, items, workspace, weights, callbacks, first_epoch, epochs, scratch)
+
+
+def _compile_whole(
+    crack: CrackModel, train: TrainConfig, learning_rate: float | keras.optimizers.schedules.LearningRateSchedule, scratch: bool
+) -> None:
+    """The whole model compiled for training; from scratch with the recipe's weight decay and label smoothing."""
+    if scratch:
+        compile_binary(crack.model, learning_rate, train.scratch.weight_decay, train.scratch.label_smoothing)
+    else:
+        compile_binary(crack.model, learning_rate)
 
 
 def _train_images(
@@ -250,39 +267,33 @@ def _fit_hard_negatives(
     callbacks: list,
     first_epoch: int,
     last_rate: float,
-    on_cache: bool,
+    cached: _Cached | None,
 ) -> tuple[dict[str, list[float]], dict[str, float]]:
     """Train on, with the uncracked training images the model now scores highest weighted up.
 
     The model scores every training image as it stands (un-augmented); per source, the
     ``share`` of uncracked ones it scores highest are weighted ``weight`` times more, at
-    ``learning_rate_scale`` of the last phase's learning rate. Early stopping on the
-    validation loss still keeps the best epoch of all phases.
+    ``learning_rate_scale`` of the last phase's learning rate. With ``cached``, the head
+    alone goes on training on the cached features. Early stopping restarts with the phase
+    and keeps its best epoch.
     """
     config = train.hard_negatives
-    train_items = items[0]
     rate = last_rate * config.learning_rate_scale
-    if on_cache:
-        key = features.cache_key(model, train, workspace / paths.SPLIT_DIR)
-        cache = features.cache_dir(workspace)
-        sets = features.load(cache, "train", key), features.load(cache, "val", key)
-        scored = [item for item, ok in zip(train_items, sets[0].kept) if ok]
-        ordered = features.head_dataset(sets[0], train.batch_size, train.seed, shuffle=False)
+    if cached is not None:
+        scored = cached.decoded
+        ordered = features.head_dataset(cached.train, train.batch_size, train.seed, shuffle=False)
         scores = crack.head.predict(ordered, verbose=0).reshape(-1).astype(np.float64)
         hard = hard_negatives(scored, scores, config.share)
         compile_binary(crack.head, rate)
         weights = emphasised(balance_weights(scored, train.balance), hard, config.weight)
-        history = _train_head(crack, train, sets, weights, callbacks, first_epoch, config.epochs)
+        history = _train_head(crack, train, cached, weights, callbacks, first_epoch, config.epochs)
     else:
-        scored = train_items
-        scores, readable = predict_files(crack.model, [it.path for it in train_items], train.batch_size, base=workspace)
+        scored = items[0]
+        scores, readable = predict_files(crack.model, [it.path for it in scored], train.batch_size, base=workspace)
         scores = np.where(readable, scores, 0.0)  # an unreadable image is skipped by the dataset, never hard
         hard = hard_negatives(scored, scores, config.share) & readable
         scratch = from_scratch(model)
-        if scratch:
-            compile_binary(crack.model, rate, train.scratch.weight_decay, train.scratch.label_smoothing)
-        else:
-            compile_binary(crack.model, rate)
+        _compile_whole(crack, train, rate, scratch)
         weights = emphasised(balance_weights(scored, train.balance), hard, config.weight)
         history = _train_images(crack, model, train, items, workspace, weights, callbacks, first_epoch, config.epochs, scratch)
     negatives = np.asarray([it.label == 0 for it in scored])

@@ -100,8 +100,16 @@ def regions_of(probabilities: np.ndarray, threshold: float, connectivity: int = 
     return Regions(labels, sizes, peaks)
 
 
+def background_lift(medians: np.ndarray | float, margin: float | None, threshold: float) -> np.ndarray:
+    """How far each photo's scores are lowered: by how much its median plus ``margin`` exceeds ``threshold`` (0 without a margin)."""
+    medians = np.asarray(medians, np.float64)
+    if margin is None:
+        return np.zeros_like(medians)
+    return np.maximum(medians + margin - threshold, 0.0)
+
+
 def adjusted(probabilities: np.ndarray, rule: PhotoRule) -> np.ndarray:
-    """The photo's tile scores as the rule compares them: lowered by how far median plus margin exceeds the threshold.
+    """The photo's tile scores as the rule compares them (:func:`background_lift` below its own).
 
     A tile then reaches ``rule.tile_threshold`` exactly when its probability reaches both
     the threshold and the photo's median plus ``rule.background_margin``.
@@ -109,8 +117,7 @@ def adjusted(probabilities: np.ndarray, rule: PhotoRule) -> np.ndarray:
     probabilities = np.asarray(probabilities, np.float64)
     if rule.background_margin is None or probabilities.size == 0:
         return probabilities
-    raised = float(np.median(probabilities)) + rule.background_margin - rule.tile_threshold
-    return probabilities - raised if raised > 0 else probabilities
+    return probabilities - background_lift(np.median(probabilities), rule.background_margin, rule.tile_threshold)
 
 
 def counted(regions: Regions, rule: PhotoRule) -> np.ndarray:
@@ -272,10 +279,10 @@ def fit(photos: ValidationPhotos, target_photo_recall: float = DEFAULT_TARGET_PH
     best_key, best = None, None
     for t in _candidate_thresholds(flat):
         for margin in BACKGROUND_MARGIN_CHOICES:
-            raised = np.zeros_like(medians) if margin is None else np.maximum(medians + margin - t, 0.0)
-            if margin is not None and not raised.any():
+            lift = background_lift(medians, margin, float(t))
+            if margin is not None and not lift.any():
                 continue  # no photo's median comes near: the same rule as without a margin
-            grids = photos.probabilities - raised[:, None, None]
+            grids = photos.probabilities - lift[:, None, None]
             for key, fitted in _rules_at(grids, photos.truth, cracked, float(t), margin, target_photo_recall, connectivity):
                 if best_key is None or key > best_key:
                     best_key, best = key, fitted
