@@ -7,7 +7,9 @@
 Scans every photo of ``--photos`` (default: the shared SDNET2018 photos, ``Positive/`` and
 ``Negative/`` with ``truth.json``) with each model and each ``tile:stride`` setting, and
 prints tile recall, precision and F1, false crack tiles per photo, the photo verdicts and
-the seconds taken. A tile counts as cracked when its centre lies in a cracked truth box,
+the seconds taken, and a ceiling: the best tile F1 any photo rule reaches when it is fitted
+on these very photos, so what the model's tiles allow whatever the rule (a yardstick, never
+a default). A tile counts as cracked when its centre lies in a cracked truth box,
 as ``crackcls evaluate --scan --tile-truth`` counts it; counts are of scan tiles, so an overlapping
 stride has more tiles (and more false ones) per photo. Writes ``bench/results/real_photos.json``.
 """
@@ -36,7 +38,7 @@ def measure(spec: str, photos: Path, setting: str, batch_size: int, rule: str = 
     from crackcls.jobs.predict import load_for, runtime_for
     from crackcls.jobs.scan import scan_paths, settings_from
     from crackcls.photos.tile_truth import read_tile_truth, tile_level_metrics, tile_truth_mask
-    from crackcls.trust import companions
+    from crackcls.trust import companions, photo_rule
 
     tile, stride = (int(v) for v in setting.split(":"))
     model = load_for(spec, runtime_for(spec, None))
@@ -65,11 +67,15 @@ def measure(spec: str, photos: Path, setting: str, batch_size: int, rule: str = 
     false_rate = {surface: round(float(np.mean(np.concatenate(
         [s.probabilities[~actual[s.path]] for s in scans if Path(s.path).name.startswith(surface + "_")]) >= patch_threshold)), 3)
         for surface in surfaces}  # fmt: skip
+    # the ceiling: the rule the fit would choose were these photos its validation photos (never a default)
+    ceiling = photo_rule.fit(photo_rule.ValidationPhotos([s.probabilities for s in scans], [actual[s.path] for s in scans],
+                                                         [s.path for s in scans]), config.scan.target_photo_recall or 0.0)  # fmt: skip
     return {"model": spec, "tile": tile, "stride": stride, "rule": "fitted" if settings.fitted else "fixed",
             "rule_values": settings.rule.as_dict(), "threshold": settings.threshold, **tiles,
             "tile_f1": f1(tiles["tile_recall"], tiles["tile_precision"]), "photos_right": right,
             "fp_tiles_per_photo_by_surface": by_surface, "tile_auroc": round(float(roc_auc_score(cracked, scores)), 3),
             "patch_threshold": patch_threshold, "false_tile_rate_by_surface": false_rate,
+            "ceiling_rule": ceiling.rule.as_dict(), "ceiling": {k: round(float(v), 3) for k, v in ceiling.metrics.items()},
             "photos": len(verdicts), "verdicts": verdicts, "seconds": round(seconds, 2)}  # fmt: skip
 
 
@@ -102,6 +108,10 @@ def main() -> None:
         print(f"{r['model']} {r['tile']}:{r['stride']} {r['rule']}: wrong verdicts: {', '.join(wrong) or 'none'}; "
               f"false crack tiles per photo: {surfaces}; tile AUROC {r['tile_auroc']:.3f}; "
               f"uncracked tiles at or above the patch threshold {r['patch_threshold']:.2f}: {rates}")
+        c, v = r["ceiling"], r["ceiling_rule"]
+        print(f"  ceiling (a rule fitted on these photos themselves, t {v['tile_threshold']:.2f}, k {v['min_region_tiles']}, "
+              f"peak {v['peak_threshold']:.2f}, margin {v['background_margin']}): tile F1 {c['tile_f1']:.3f}, "
+              f"{c['fp_tiles_per_photo']:.1f} false crack tiles / photo, photo recall {c['photo_recall']:.2f}")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(rows, indent=2))
     print(f"written: {args.out}")

@@ -140,3 +140,30 @@ def test_a_rule_that_calls_every_crack_free_photo_crack_never_reaches_the_target
         truth[2, 2:5] = True
     fitted = photo_rule.fit(_photos(grids, truths), target_photo_recall=0.95)
     assert not fitted.reached_target
+
+
+def test_photos_of_different_shapes_fit_and_score_as_the_same_photos_in_one_array():
+    # real photos differ in shape (SDNET2018 pavements are 13 rows, decks 14): the fit takes them as a list
+    rng = np.random.default_rng(3)
+    grids, truths = [], []
+    for n in range(30):
+        grid = rng.uniform(0.0, 0.6, (6, 8))
+        truth = np.zeros((6, 8), bool)
+        if n % 3:
+            truth[n % 6, 2:6] = True
+            grid[truth] = rng.uniform(0.5, 1.0, 4)
+        grids.append(grid)
+        truths.append(truth)
+    same = photo_rule.fit(_photos(grids, truths), target_photo_recall=0.9)
+    listed = photo_rule.fit(photo_rule.ValidationPhotos(grids, truths, [str(i) for i in range(30)]), target_photo_recall=0.9)
+    assert listed.rule == same.rule and listed.metrics == same.metrics
+
+    # one photo two rows shorter: only its own tiles change, and each tile still counts once
+    grids[0], truths[0] = grids[0][:4], truths[0][:4]
+    ragged = photo_rule.ValidationPhotos(grids, truths, [str(i) for i in range(30)])
+    fitted = photo_rule.fit(ragged, target_photo_recall=0.9)
+    scored = photo_rule.evaluate_rule(ragged, fitted.rule)
+    assert scored["photos"] == 30 and scored["tile_f1"] == pytest.approx(fitted.metrics["tile_f1"])
+    masks = [photo_rule.crack_mask(g, fitted.rule) for g in grids]
+    tp = sum(int((m & t).sum()) for m, t in zip(masks, truths))
+    assert scored["tile_recall"] == pytest.approx(tp / sum(int(t.sum()) for t in truths))

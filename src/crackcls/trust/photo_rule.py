@@ -177,9 +177,18 @@ def crack_path(rng: np.random.Generator, rows: int, cols: int, length: int) -> l
 
 @dataclass
 class ValidationPhotos:
-    probabilities: np.ndarray  # (photos, rows, cols)
-    truth: np.ndarray  # (photos, rows, cols) bool
+    """Photos as tile grids with their truth; one array of them, or a list where photos differ in shape."""
+
+    probabilities: np.ndarray | Sequence[np.ndarray]  # (photos, rows, cols), or one (rows, cols) grid per photo
+    truth: np.ndarray | Sequence[np.ndarray]  # bool, the same shapes
     groups: list[str]  # the parent photo (or source) each was drawn from
+
+    def cracked(self) -> np.ndarray:
+        """Per photo: does it hold a crack tile?"""
+        return np.asarray([bool(np.any(actual)) for actual in self.truth], bool)
+
+    def medians(self) -> np.ndarray:
+        return np.asarray([np.median(grid) for grid in self.probabilities], np.float64)
 
 
 def validation_photos(
@@ -250,7 +259,7 @@ def evaluate_rule(photos: ValidationPhotos, rule: PhotoRule, connectivity: int =
         fp += int((mask & ~actual).sum())
         fn += int((~mask & actual).sum())
         said_crack.append(bool(mask.any()))
-    return _metrics(tp, fp, fn, np.asarray(said_crack), photos.truth.reshape(len(photos.truth), -1).any(axis=1))
+    return _metrics(tp, fp, fn, np.asarray(said_crack), photos.cracked())
 
 
 def _metrics(tp: int, fp: int, fn: int, said_crack: np.ndarray, cracked: np.ndarray) -> dict:
@@ -273,16 +282,16 @@ def fit(photos: ValidationPhotos, target_photo_recall: float = DEFAULT_TARGET_PH
     A rule that calls every crack-free validation photo ``crack`` never counts as reaching the
     target (a weak model's lowest threshold finds every crack and says nothing).
     """
-    cracked = photos.truth.reshape(len(photos.truth), -1).any(axis=1)
-    flat = photos.probabilities.reshape(-1)
-    medians = np.median(photos.probabilities.reshape(len(photos.truth), -1), axis=1)
+    cracked = photos.cracked()
+    flat = np.concatenate([np.ravel(grid) for grid in photos.probabilities])
+    medians = photos.medians()
     best_key, best = None, None
     for t in _candidate_thresholds(flat):
         for margin in BACKGROUND_MARGIN_CHOICES:
             lift = background_lift(medians, margin, float(t))
             if margin is not None and not lift.any():
                 continue  # no photo's median comes near: the same rule as without a margin
-            grids = photos.probabilities - lift[:, None, None]
+            grids = [np.asarray(grid, np.float64) - lifted for grid, lifted in zip(photos.probabilities, lift)]
             for key, fitted in _rules_at(grids, photos.truth, cracked, float(t), margin, target_photo_recall, connectivity):
                 if best_key is None or key > best_key:
                     best_key, best = key, fitted
@@ -293,7 +302,7 @@ def fit(photos: ValidationPhotos, target_photo_recall: float = DEFAULT_TARGET_PH
 
 
 def _rules_at(
-    grids: np.ndarray, truth: np.ndarray, cracked: np.ndarray, t: float, margin: float | None, target: float, connectivity: int
+    grids: Sequence[np.ndarray], truth: Sequence[np.ndarray], cracked: np.ndarray, t: float, margin: float | None, target: float, connectivity: int
 ) -> Iterator[tuple[tuple, FittedRule]]:
     """Every region rule at tile threshold ``t`` on already adjusted grids, with its ranking key."""
     # every region of every photo at this threshold: its size, peak, true crack tiles and photo
@@ -308,6 +317,7 @@ def _rules_at(
     if not sizes:
         return
     sizes, peaks, hits, owner = (np.concatenate(a) for a in (sizes, peaks, hits, owner))
+    truth_tiles = sum(int(np.sum(actual)) for actual in truth)
     peak_choices = np.unique(np.concatenate([[1.0], np.quantile(peaks[peaks >= t], np.linspace(0.5, 0.98, 8))]))
     for k in MIN_REGION_CHOICES:
         for peak in peak_choices if k > 1 else [1.0]:
@@ -315,7 +325,7 @@ def _rules_at(
             keep = (sizes >= k) | (peaks >= rule.peak_threshold)
             tp = int(hits[keep].sum())
             fp = int((sizes - hits)[keep].sum())
-            fn = int(truth.sum()) - tp
+            fn = truth_tiles - tp
             said = np.bincount(owner[keep], minlength=len(cracked)) > 0
             metrics = _metrics(tp, fp, fn, said, cracked)
             reached = metrics["photo_recall"] >= target and not metrics["photo_false_alarm_rate"] >= 1.0
