@@ -400,9 +400,12 @@ def test_split_interrupted_keeps_previous_manifests_and_reruns(tmp_path):
         log = tmp_path / f"split_{signum.name}.log"
         proc = stage_process(env, project, "split", log)
         try:
-            wait_until(lambda: reading_under(proc.pid, project / paths.RAW_DIR), 60, "hashing to start", proc)
-            time.sleep(0.3)
+            # freeze the stage the moment hashing starts, so the signal lands mid-hashing on any machine
+            wait_until(lambda: reading_under(proc.pid, project / paths.RAW_DIR), 60, "hashing to start", proc, poll=0.01)
+            proc.send_signal(signal.SIGSTOP)
+            assert proc.poll() is None, "the split ended before the signal"
             proc.send_signal(signum)
+            proc.send_signal(signal.SIGCONT)
             code = proc.wait(timeout=60)
         finally:
             if proc.poll() is None:
@@ -606,9 +609,11 @@ def test_dvc_repro_recovers_after_split_interrupted(tmp_path, signum):
     )
     try:
         stage_pid = wait_until(lambda: _split_stage_pid(dvc.pid), 120, "dvc to start the split stage", dvc)
-        wait_until(lambda: reading_under(stage_pid, repo / paths.RAW_DIR), 60, "hashing to start", dvc)
-        time.sleep(0.3)
+        wait_until(lambda: reading_under(stage_pid, repo / paths.RAW_DIR), 60, "hashing to start", dvc, poll=0.01)
+        os.kill(stage_pid, signal.SIGSTOP)  # frozen mid-hashing, so the signal lands there on any machine
+        wait_until(lambda: psutil.Process(stage_pid).status() == psutil.STATUS_STOPPED, 10, "the split stage to stop", dvc)
         os.killpg(dvc.pid, signum)  # the whole job, as Ctrl-C or a scheduler's SIGTERM would
+        os.kill(stage_pid, signal.SIGCONT)
         dvc.wait(timeout=60)
         stage = psutil.Process(stage_pid) if psutil.pid_exists(stage_pid) else None
         if stage is not None:
