@@ -142,9 +142,18 @@ def reading_under(pid: int, folder: Path) -> bool:
 
 
 def logged_process(args: list[str], cwd: Path, env: dict, log: Path, **kwargs) -> subprocess.Popen:
-    """Start ``args`` with stdout and stderr going to ``log`` (a file: no pipe to fill up)."""
+    """Start ``args`` with stdout and stderr going to ``log`` (a file: no pipe to fill up).
+
+    SIGINT is reset to its default in the child: a suite started in the background of a
+    non-interactive shell inherits it ignored, and Ctrl-C would then never reach the stage.
+    """
     with log.open("w") as handle:
-        return subprocess.Popen(args, cwd=cwd, env=env, stdout=handle, stderr=subprocess.STDOUT, **kwargs)
+        return subprocess.Popen(args, cwd=cwd, env=env, stdout=handle, stderr=subprocess.STDOUT,
+                                preexec_fn=_default_sigint, **kwargs)  # fmt: skip
+
+
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def stage_process(env: dict, project: Path, stage: str, log: Path) -> subprocess.Popen:
