@@ -142,6 +142,22 @@ def test_a_rule_that_calls_every_crack_free_photo_crack_never_reaches_the_target
     assert not fitted.reached_target
 
 
+def test_short_of_the_target_the_fit_keeps_the_rule_that_separates_photos_not_one_that_calls_all_crack():
+    # 6 of 20 cracks score as the surface does: finding 95% of cracked photos means flagging every crack-free one
+    grids, truths = [], []
+    for n in range(30):
+        grid, truth = np.full((6, 8), 0.2), np.zeros((6, 8), bool)
+        if n < 20:
+            truth[n % 6, 2:6] = True
+            grid[truth] = 0.8 if n < 14 else 0.2
+        grids.append(grid)
+        truths.append(truth)
+    fitted = photo_rule.fit(_photos(grids, truths), target_photo_recall=0.95)
+    assert not fitted.reached_target
+    assert fitted.metrics["photo_false_alarm_rate"] == 0.0 and fitted.metrics["photo_recall"] == pytest.approx(0.7)
+    assert fitted.metrics["tile_precision"] == 1.0  # the 56 tiles it can see, and nothing else
+
+
 def test_photos_of_different_shapes_fit_and_score_as_the_same_photos_in_one_array():
     # real photos differ in shape (SDNET2018 pavements are 13 rows, decks 14): the fit takes them as a list
     rng = np.random.default_rng(3)

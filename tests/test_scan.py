@@ -287,6 +287,29 @@ def test_the_readable_overlay_has_a_colour_bar_marking_the_threshold_and_numbere
     assert (photo[box_top + 10, box_left : box_left + 2] == 255).all()  # the white box itself
 
 
+def test_every_legend_line_fits_the_overlay_uncut_with_a_full_fitted_rule(monkeypatch):
+    from crackcls.photos import overlay
+
+    cut = []
+    real_fit = overlay._fit
+
+    def spying_fit(draw, text, font, room):  # noqa: ANN001, ANN202
+        fitted = real_fit(draw, text, font, room)
+        cut.append(fitted != text)
+        return fitted
+
+    monkeypatch.setattr(overlay, "_fit", spying_fit)
+    grid = tile_grid(4608, 3584, 256)
+    probs = np.full((14, 18), 0.3)
+    probs[3, 2:9] = 0.9
+    settings = ScanSettings(tile=256, threshold=0.64, min_region_tiles=3, peak_threshold=0.71, fitted=True, background_margin=0.2)
+    scan = aggregate("decks_7029.jpg", grid, probs, settings)
+    scan.familiarity = np.full((14, 18), 1.4)  # unfamiliar: the longest familiarity line
+    out = readable_overlay(np.full((796, 1024, 3), 128, np.uint8), scan, "models:/crackcls@champion, crackcls v12")
+    assert len(cut) == 4 and not any(cut)  # counts, rule, familiarity, model: each whole
+    assert out.shape[0] > 796 + round(1024 / 55) * 8  # a panel tall enough for four lines
+
+
 # ---------------------------------------------------------------- streaming (no model)
 def gradient_photo(width: int, height: int) -> np.ndarray:
     yy, xx = np.mgrid[0:height, 0:width]

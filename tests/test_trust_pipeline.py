@@ -220,6 +220,7 @@ def test_the_photo_rule_is_fitted_on_validation_photos_and_every_scan_path_uses_
     logged = store.client().get_run(version.run_id).data.metrics
     assert logged["scan_tile_threshold"] == pytest.approx(rule["tile_threshold"])
     assert logged["val_scan_photo_recall"] == pytest.approx(rule["validation"]["photo_recall"])
+    assert logged["val_scan_reached_target"] == float(rule["validation"]["reached_target"])
 
     photo = REPO_ROOT / "sample" / "mendeley" / "Positive"
     files = sorted(photo.glob("*.jpg"))[:2]

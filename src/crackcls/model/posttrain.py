@@ -109,7 +109,9 @@ def _photo_rule(probabilities: np.ndarray, val: _Scored, target: float, connecti
     except CrackclsError:
         return None, {}
     fitted = photo_rule.fit(photos, target, connectivity)
-    rule = {**fitted.rule.as_dict(), "validation": {key: round(float(v), 6) for key, v in fitted.metrics.items()}}
+    validation = {key: round(float(v), 6) for key, v in fitted.metrics.items()}
+    rule = {**fitted.rule.as_dict(), "validation": {**validation, "reached_target": fitted.reached_target}}
     figures = {f"val_scan_{key}": float(value) for key, value in fitted.metrics.items() if key != "target_photo_recall"}
+    figures["val_scan_reached_target"] = float(fitted.reached_target)
     figures.update({f"scan_{key}": float(value) for key, value in fitted.rule.as_dict().items() if value is not None})
     return rule, figures

@@ -21,6 +21,7 @@ TEXT = (20, 20, 20)
 CRACK_COLOUR = (200, 0, 0)
 CLEAR_COLOUR = (0, 110, 0)
 BAR_TICKS = (0.0, 0.25, 0.5, 0.75, 1.0)
+LINES_TOP, LINE_SPACING = 2.3, 1.45  # the legend's text lines, in text heights below the photo
 
 
 def _font(size: int) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
@@ -90,7 +91,15 @@ def readable_overlay(picture: np.ndarray, scan: PhotoScan, model: str) -> np.nda
     unit = max(11, round(width / 55))  # text height, scaled with the overlay
     _numbered_boxes(photo, boxes, unit)
 
-    panel_height = unit * 7
+    regions = len(scan.regions)
+    lines = [
+        f"{regions} crack region{'' if regions == 1 else 's'}, {scan.crack_tiles} of {scan.tiles} tiles ({scan.grid.tile} px) crack",
+        _rule_line(scan),
+        _familiarity_line(scan),
+        f"model: {model}",
+    ]
+    lines = [line for line in lines if line]
+    panel_height = max(unit * 7, round(unit * (LINES_TOP + LINE_SPACING * len(lines))))
     canvas = Image.new("RGB", (width, photo.height + panel_height), PANEL_BACKGROUND)
     canvas.paste(photo, (0, 0))
     draw = ImageDraw.Draw(canvas)
@@ -111,28 +120,23 @@ def readable_overlay(picture: np.ndarray, scan: PhotoScan, model: str) -> np.nda
         (text_left + verdict_width, top + unit // 2 + unit * 0.3),
         f"score {scan.score:.2f} {comparison} threshold {scan.settings.threshold:.2f}", font=small, fill=TEXT,
     )  # fmt: skip
-    regions = len(scan.regions)
-    lines = [
-        f"{regions} crack region{'' if regions == 1 else 's'}, {scan.crack_tiles} of {scan.tiles} tiles "
-        f"({scan.grid.tile} px) crack{_rule_text(scan)}",
-        _familiarity_line(scan),
-        f"model: {model}",
-    ]
-    y = top + unit * 2.3
-    for text in filter(None, lines):
+    y = top + unit * LINES_TOP
+    for text in lines:
         draw.text((text_left, y), _fit(draw, text, small, width - text_left - unit), font=small, fill=TEXT)
-        y += unit * 1.45
+        y += unit * LINE_SPACING
     return np.asarray(canvas)
 
 
-def _rule_text(scan: PhotoScan) -> str:
-    """How a region counts, where it is more than any tile at the threshold."""
+def _rule_line(scan: PhotoScan) -> str:
+    """How a tile and a region count, where it is more than a tile at the threshold ("" where it is not)."""
     settings = scan.settings
-    margin = "" if settings.background_margin is None else f" (each >= photo median + {settings.background_margin:.2f})"
-    if settings.min_region_tiles <= 1:
-        return margin
-    peak = f" or peak >= {settings.peak_threshold:.2f}" if settings.peak_threshold < 1.0 else ""
-    return f"{margin}; a region needs {settings.min_region_tiles} tiles{peak}"
+    parts = []
+    if settings.background_margin is not None:
+        parts.append(f"tile >= photo median + {settings.background_margin:.2f}")
+    if settings.min_region_tiles > 1:
+        peak = f" or peak >= {settings.peak_threshold:.2f}" if settings.peak_threshold < 1.0 else ""
+        parts.append(f"region >= {settings.min_region_tiles} tiles{peak}")
+    return "rule: " + "; ".join(parts) if parts else ""
 
 
 def _familiarity_line(scan: PhotoScan) -> str:
@@ -140,7 +144,7 @@ def _familiarity_line(scan: PhotoScan) -> str:
         return ""
     unfamiliar = scan.unfamiliar_tiles or 0
     if scan.median_familiarity is not None and scan.median_familiarity > 1.0:
-        return f"UNLIKE THE TRAINING DATA: {unfamiliar} of {scan.tiles} tiles unfamiliar; treat this answer with care"
+        return f"UNFAMILIAR: {unfamiliar} of {scan.tiles} tiles unlike the training data"
     return f"familiar: {unfamiliar} of {scan.tiles} tiles unlike the training data"
 
 

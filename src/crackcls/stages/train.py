@@ -66,6 +66,7 @@ def fit_save_and_register(
         **registered,
         "training_time_s": trained.metrics["training_time_s"],
         "epochs_trained": trained.epochs,
+        "photo_rule_validation": (fitted.companions.photo_rule or {}).get("validation"),
     }
     atomic.write_json(workspace / paths.RUN_INFO_FILE, info)
     return info
@@ -80,6 +81,13 @@ def main() -> None:
         f"train: run {info['run_id']}, {info['epochs_trained']} epochs in {info['training_time_s']} s; "
         f"registered {info['registered_model']} v{info['registered_model_version']} as @{registry.CHALLENGER}"
     )
+    rule = info.get("photo_rule_validation")
+    if rule and not rule["reached_target"]:  # scans still work, but find fewer cracked photos than asked
+        print(
+            f"train: no photo rule finds {rule['target_photo_recall']:.0%} of the cracked validation photos without calling every "
+            f"crack-free one crack; the rule kept finds {rule['photo_recall']:.0%} with {rule['photo_false_alarm_rate']:.0%} "
+            "false alarms (scan.target_photo_recall; a better model or more validation data)"
+        )
 
 
 if __name__ == "__main__":

@@ -280,7 +280,10 @@ def fit(photos: ValidationPhotos, target_photo_recall: float = DEFAULT_TARGET_PH
     """The rule with the best tile F1 among those reaching ``target_photo_recall``; fewer false alarms break ties.
 
     A rule that calls every crack-free validation photo ``crack`` never counts as reaching the
-    target (a weak model's lowest threshold finds every crack and says nothing).
+    target (a weak model's lowest threshold finds every crack and says nothing). Where no
+    rule reaches it, the one that best tells cracked photos from crack-free ones (photo recall
+    less false-alarm rate) is kept, not the one that calls every photo ``crack``, and
+    ``reached_target`` says so.
     """
     cracked = photos.cracked()
     flat = np.concatenate([np.ravel(grid) for grid in photos.probabilities])
@@ -328,6 +331,10 @@ def _rules_at(
             fn = truth_tiles - tp
             said = np.bincount(owner[keep], minlength=len(cracked)) > 0
             metrics = _metrics(tp, fp, fn, said, cracked)
-            reached = metrics["photo_recall"] >= target and not metrics["photo_false_alarm_rate"] >= 1.0
-            key = (reached, metrics["tile_f1"] if reached else metrics["photo_recall"], -metrics["photo_false_alarm_rate"], t)
+            false_alarms = float(np.nan_to_num(metrics["photo_false_alarm_rate"], nan=0.0))  # nan: no crack-free photo
+            reached = metrics["photo_recall"] >= target and false_alarms < 1.0
+            if reached:
+                key = (True, metrics["tile_f1"], -false_alarms, t)
+            else:  # short of the target: the rule that separates the photos best, then the better tiles
+                key = (False, metrics["photo_recall"] - false_alarms, metrics["tile_f1"], t)
             yield key, FittedRule(rule, metrics, reached)
