@@ -10,8 +10,8 @@ prints tile recall, precision and F1, false crack tiles per photo, the photo ver
 the seconds taken, and a ceiling: the best tile F1 any photo rule reaches when it is fitted
 on these very photos, so what the model's tiles allow whatever the rule (a yardstick, never
 a default). A half stride (``256:128``) also gets its tiles averaged onto the tile grid,
-each weighted by the area it shares with the grid's tile, with that grid's AUROC and ceiling. A tile counts as cracked when its centre lies in a cracked truth box,
-as ``crackcls evaluate --scan --tile-truth`` counts it; counts are of scan tiles, so an overlapping
+each weighted by the area it shares with the grid's tile, with that grid's AUROC and
+ceiling. A tile counts as cracked when its centre lies in a cracked truth box, as ``crackcls evaluate --scan --tile-truth`` counts it; counts are of scan tiles, so an overlapping
 stride has more tiles (and more false ones) per photo. Writes ``bench/results/real_photos.json``.
 """
 
@@ -44,13 +44,22 @@ def overlap_mean(probabilities: np.ndarray) -> np.ndarray:
     return (shared / area)[::2, ::2]
 
 
+def ranking_and_ceiling(grids: list, masks: list, names: list, target: float) -> dict:
+    """How well tile scores rank cracked tiles (AUROC), and the ceiling: the rule the fit would choose were these its validation photos."""
+    from crackcls.trust import photo_rule
+
+    ceiling = photo_rule.fit(photo_rule.ValidationPhotos(grids, masks, names), target)
+    scores, cracked = np.concatenate([g.ravel() for g in grids]), np.concatenate([m.ravel() for m in masks])
+    return {"tile_auroc": round(float(roc_auc_score(cracked, scores)), 3), "ceiling_rule": ceiling.rule.as_dict(),
+            "ceiling": {k: round(float(v), 3) for k, v in ceiling.metrics.items()}}  # fmt: skip
+
+
 def with_context(scans: list, truth: dict, target: float) -> dict | None:
-    """Tile AUROC and ceiling of a half-stride scan's tiles averaged onto the tile grid (None where a grid does not line up)."""
+    """:func:`ranking_and_ceiling` of a half-stride scan's tiles averaged onto the tile grid (None where a grid does not line up)."""
     from types import SimpleNamespace
 
     from crackcls.photos.scan import tile_grid
     from crackcls.photos.tile_truth import tile_truth_mask
-    from crackcls.trust import photo_rule
 
     grids, masks = [], []
     for s in scans:
@@ -59,10 +68,7 @@ def with_context(scans: list, truth: dict, target: float) -> dict | None:
         tiles = tile_grid(s.grid.width, s.grid.height, s.grid.tile)
         grids.append(overlap_mean(s.probabilities))
         masks.append(tile_truth_mask(SimpleNamespace(grid=tiles), truth.get(str(Path(s.path).resolve()), [])))
-    ceiling = photo_rule.fit(photo_rule.ValidationPhotos(grids, masks, [s.path for s in scans]), target)
-    scores, cracked = np.concatenate([g.ravel() for g in grids]), np.concatenate([m.ravel() for m in masks])
-    return {"tile_auroc": round(float(roc_auc_score(cracked, scores)), 3), "ceiling_rule": ceiling.rule.as_dict(),
-            "ceiling": {k: round(float(v), 3) for k, v in ceiling.metrics.items()}}  # fmt: skip
+    return ranking_and_ceiling(grids, masks, [s.path for s in scans], target)
 
 
 def measure(spec: str, photos: Path, setting: str, batch_size: int, rule: str = "fitted") -> dict:
@@ -70,7 +76,7 @@ def measure(spec: str, photos: Path, setting: str, batch_size: int, rule: str = 
     from crackcls.jobs.predict import load_for, runtime_for
     from crackcls.jobs.scan import scan_paths, settings_from
     from crackcls.photos.tile_truth import read_tile_truth, tile_level_metrics, tile_truth_mask
-    from crackcls.trust import companions, photo_rule
+    from crackcls.trust import companions
 
     tile, stride = (int(v) for v in setting.split(":"))
     model = load_for(spec, runtime_for(spec, None))
@@ -94,22 +100,21 @@ def measure(spec: str, photos: Path, setting: str, batch_size: int, rule: str = 
     # the tiles alone, before any photo rule: how well they rank, and how many uncracked ones the patch threshold flags
     patch_threshold = companions.threshold(model, None, config.evaluate.threshold)
     actual = {s.path: tile_truth_mask(s, truth.get(str(Path(s.path).resolve()), [])) for s in scans}
-    scores = np.concatenate([s.probabilities.ravel() for s in scans])
-    cracked = np.concatenate([actual[s.path].ravel() for s in scans])
     false_rate = {surface: round(float(np.mean(np.concatenate(
         [s.probabilities[~actual[s.path]] for s in scans if Path(s.path).name.startswith(surface + "_")]) >= patch_threshold)), 3)
         for surface in surfaces}  # fmt: skip
     # the ceiling: the rule the fit would choose were these photos its validation photos (never a default)
-    ceiling = photo_rule.fit(photo_rule.ValidationPhotos([s.probabilities for s in scans], [actual[s.path] for s in scans],
-                                                         [s.path for s in scans]), config.scan.target_photo_recall or 0.0)  # fmt: skip
+    target = config.scan.target_photo_recall or 0.0
+    ranked = ranking_and_ceiling(
+        [s.probabilities for s in scans], [actual[s.path] for s in scans], [s.path for s in scans], target
+    )
     # context across tiles: half-overlapping tiles averaged onto the tile grid, as the truth is, then the same ceiling
-    context = with_context(scans, truth, config.scan.target_photo_recall or 0.0) if 2 * stride == tile else None
+    context = with_context(scans, truth, target) if 2 * stride == tile else None
     return {"model": spec, "tile": tile, "stride": stride, "rule": "fitted" if settings.fitted else "fixed",
             "rule_values": settings.rule.as_dict(), "threshold": settings.threshold, **tiles,
             "tile_f1": f1(tiles["tile_recall"], tiles["tile_precision"]), "photos_right": right,
-            "fp_tiles_per_photo_by_surface": by_surface, "tile_auroc": round(float(roc_auc_score(cracked, scores)), 3),
+            "fp_tiles_per_photo_by_surface": by_surface, **ranked,
             "patch_threshold": patch_threshold, "false_tile_rate_by_surface": false_rate,
-            "ceiling_rule": ceiling.rule.as_dict(), "ceiling": {k: round(float(v), 3) for k, v in ceiling.metrics.items()},
             "photos": len(verdicts), "verdicts": verdicts, "seconds": round(seconds, 2), "overlap_mean": context}  # fmt: skip
 
 
