@@ -5,8 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from crackcls.trust import companions, photo_rule
-from crackcls.trust.photo_rule import PhotoRule
+from crackcls.photos import photo_rule
+from crackcls.photos.photo_rule import PhotoRule
+from crackcls.trust import companions
 from crackcls.util.errors import CrackclsError
 
 

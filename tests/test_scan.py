@@ -17,10 +17,10 @@ from crackcls.util.errors import CrackclsError
 from crackcls.data.images import SkipReport, load_rgb, patch_rgb
 from crackcls.photos.heatmap import draw_boxes
 from crackcls.photos.overlay import heat_picture, readable_overlay
+from crackcls.util.prefetch import prefetched
 from crackcls.photos.scan import (
     ScanSettings,
     aggregate,
-    prefetched,
     tile_grid,
     tile_stream,
 )
@@ -581,7 +581,8 @@ def fitted_patch_model(patch_model: Path, target: Path) -> tuple[Path, dict]:
     import shutil
 
     from crackcls.model.inference import load_model_file, predict_files
-    from crackcls.trust import companions, photo_rule
+    from crackcls.photos import photo_rule
+    from crackcls.trust import companions
 
     manifest = [line.split("\t") for line in (REPO_ROOT / "sample/sdnet2018/MANIFEST.tsv").read_text().splitlines()[1:]]
     files = [REPO_ROOT / "sample/sdnet2018" / row[0] for row in manifest]
@@ -598,8 +599,8 @@ def fitted_patch_model(patch_model: Path, target: Path) -> tuple[Path, dict]:
 
 def test_the_fitted_rule_stored_with_a_model_is_what_scans_real_photos(patch_model, real_photos, tiny_project, capsys):
     from crackcls import cli
-    from crackcls.trust import photo_rule
-    from crackcls.trust.photo_rule import PhotoRule
+    from crackcls.photos import photo_rule
+    from crackcls.photos.photo_rule import PhotoRule
 
     model_file, stored = fitted_patch_model(patch_model, tiny_project)
     rule = PhotoRule.from_dict(stored)

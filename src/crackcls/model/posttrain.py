@@ -1,11 +1,14 @@
-"""What is fitted on a trained model before it is saved: temperature, decision threshold, photo rule, familiarity.
+"""What is fitted on a trained model before it is saved: temperature, decision threshold, familiarity.
 
-All four use the training and validation splits only, never the test split, so the
-test figures that ``evaluate`` reports about them stay honest.
+All three use the training and validation splits only, never the test split, so the
+test figures that ``evaluate`` reports about them stay honest. The calibrated validation
+scores are handed on, so the whole-photo rule (:mod:`crackcls.photos.photo_rule`) is
+fitted on the same scores without scoring the split twice.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,20 +17,14 @@ import numpy as np
 
 from crackcls.data import manifest
 from crackcls.model.inference import predict_files, predict_with_features
-from crackcls.trust import calibration, familiarity, photo_rule, thresholds
+from crackcls.trust import calibration, familiarity, thresholds
 from crackcls.trust.companions import Companions
 from crackcls.util import paths
 from crackcls.util.errors import CrackclsError
 
 
 @dataclass
-class Fitted:
-    companions: Companions
-    metrics: dict[str, float]  # for MLflow: val_ece_before / val_ece_after / temperature / threshold ...
-
-
-@dataclass
-class _Scored:
+class Scored:
     files: list[str]  # the readable ones
     labels: np.ndarray
     probabilities: np.ndarray
@@ -36,16 +33,23 @@ class _Scored:
     parents: list[str]
 
 
-def _features(model: keras.Model, split: str, batch_size: int, workspace: Path) -> _Scored:
+@dataclass
+class Fitted:
+    companions: Companions
+    metrics: dict[str, float]  # for MLflow: val_ece_before / val_ece_after / temperature / threshold ...
+    validation: Scored  # the validation split, its probabilities calibrated as the saved model gives them
+
+
+def _features(model: keras.Model, split: str, batch_size: int, workspace: Path) -> Scored:
     """Readable files of a split, with their labels, probabilities, familiarity features and sources."""
     items = manifest.read(manifest.manifest_path(split, workspace / paths.SPLIT_DIR))
     files = [it.path for it in items]
     probs, ok, feats = predict_with_features(model, files, batch_size, base=workspace)
     if not items:
-        return _Scored([], np.zeros(0, int), np.zeros(0), np.zeros((0, 0), np.float32), [], [])
+        return Scored([], np.zeros(0, int), np.zeros(0), np.zeros((0, 0), np.float32), [], [])
     kept = [it for it, good in zip(items, ok) if good]
     labels = np.asarray([it.label for it in kept], int)
-    return _Scored([it.path for it in kept], labels, probs[ok], feats[ok], [it.source for it in kept], [it.parent for it in kept])
+    return Scored([it.path for it in kept], labels, probs[ok], feats[ok], [it.source for it in kept], [it.parent for it in kept])
 
 
 def fit(
@@ -55,15 +59,11 @@ def fit(
     batch_size: int,
     threshold: float,
     target_recall: float | None,
-    target_photo_recall: float | None = photo_rule.DEFAULT_TARGET_PHOTO_RECALL,
-    connectivity: int = 8,
 ) -> Fitted:
-    """Calibrate ``model`` in place (temperature folded into its output layer); pick threshold, photo rule, familiarity.
+    """Calibrate ``model`` in place (temperature folded into its output layer); pick threshold and familiarity.
 
     ``threshold`` is kept unless ``target_recall`` is set: then the threshold is the highest
-    that reaches that recall on the validation split. The photo rule is fitted on validation
-    photos built from the validation split to find ``target_photo_recall`` of cracked photos
-    (None: no rule is fitted and scans use params.yaml's).
+    that reaches that recall on the validation split.
     """
     val = _features(model, "val", batch_size, workspace)
     train = _features(model, "train", batch_size, workspace)
@@ -88,10 +88,6 @@ def fit(
         threshold = thresholds.for_recall(val_labels, val_prob, target)
         metrics["val_recall_at_threshold"] = thresholds.recall_at(val_labels, val_prob, threshold)
     metrics["decision_threshold"] = threshold
-    rule = None
-    if target_photo_recall is not None and len(val_files):
-        rule, rule_metrics = _photo_rule(calibration.sigmoid(logits / temperature), val, target_photo_recall, connectivity)
-        metrics.update(rule_metrics)
 
     layout = familiarity.layout_of(model)
     if layout is None:
@@ -99,19 +95,5 @@ def fit(
     reference = familiarity.fit(train.features, val.features, layout, train.sources, val.sources, val.labels)
     metrics["familiarity_sources"] = len(reference.sources)
     metrics["familiarity_bank_mb"] = reference.bank_bytes / 1e6
-    return Fitted(Companions(threshold, target, temperature, reference, rule), metrics)
-
-
-def _photo_rule(probabilities: np.ndarray, val: _Scored, target: float, connectivity: int) -> tuple[dict | None, dict]:
-    """The photo rule fitted on validation photos (None where the split cannot make any), and its figures for MLflow."""
-    try:
-        photos = photo_rule.validation_photos(probabilities, val.labels, val.sources, val.parents)
-    except CrackclsError:
-        return None, {}
-    fitted = photo_rule.fit(photos, target, connectivity)
-    validation = {key: round(float(v), 6) for key, v in fitted.metrics.items()}
-    rule = {**fitted.rule.as_dict(), "validation": {**validation, "reached_target": fitted.reached_target}}
-    figures = {f"val_scan_{key}": float(value) for key, value in fitted.metrics.items() if key != "target_photo_recall"}
-    figures["val_scan_reached_target"] = float(fitted.reached_target)
-    figures.update({f"scan_{key}": float(value) for key, value in fitted.rule.as_dict().items() if value is not None})
-    return rule, figures
+    calibrated = dataclasses.replace(val, probabilities=calibration.sigmoid(logits / temperature))
+    return Fitted(Companions(threshold, target, temperature, reference), metrics, calibrated)

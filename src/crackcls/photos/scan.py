@@ -8,7 +8,7 @@ shorter than a tile gets one tile spanning it (a photo smaller than a tile is on
 Each tile is resized to the model's input along the steps a JPEG training patch takes
 (:func:`crackcls.data.images.patch_rgb`: the DCT draft's power-of-two reduction, then bicubic).
 
-The rule, in one place (:mod:`crackcls.trust.photo_rule`): tiles at or above the tile
+The rule, in one place (:mod:`crackcls.photos.photo_rule`): tiles at or above the tile
 threshold that touch (at edges with 4-connectivity, also at corners with 8) form a region;
 a region counts when it has at least ``min_region_tiles`` tiles or its peak reaches
 ``peak_threshold``, and a photo is ``crack`` when one does. A model trained here carries the
@@ -27,8 +27,6 @@ turning an EXIF-rotated photo upright briefly holds a second copy).
 
 from __future__ import annotations
 
-import queue
-import threading
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,9 +34,11 @@ from pathlib import Path
 import numpy as np
 
 from crackcls.data.images import SkipReport, UnreadableImage, decoded, patch_rgb, resized_rgb
-from crackcls.trust import companions, photo_rule
-from crackcls.trust.photo_rule import PhotoRule
+from crackcls.photos import photo_rule
+from crackcls.photos.photo_rule import PhotoRule
+from crackcls.trust import companions
 from crackcls.util.errors import CrackclsError
+from crackcls.util.prefetch import prefetched
 
 Box = tuple[int, int, int, int]  # left, top, right, bottom; right and bottom exclusive
 
@@ -250,7 +250,7 @@ class PhotoScan:
 
     @property
     def score(self) -> float:
-        """Reaches the tile threshold exactly when the photo is ``crack`` (:func:`crackcls.trust.photo_rule.photo_score`)."""
+        """Reaches the tile threshold exactly when the photo is ``crack`` (:func:`crackcls.photos.photo_rule.photo_score`)."""
         return photo_rule.photo_score(self.probabilities, self.settings.rule, self.settings.connectivity)
 
     @property
@@ -398,52 +398,6 @@ def tile_stream(
 
 
 @dataclass
-class _Failed:
-    error: BaseException
-
-
-_DONE = object()
-
-
-def prefetched(items: Iterator, depth: int = PREFETCH) -> Iterator:
-    """``items`` produced in a background thread, at most ``depth`` ahead; its errors re-raised here."""
-    slots: queue.Queue = queue.Queue(maxsize=depth)
-    stop = threading.Event()
-
-    def put(item: object) -> bool:
-        while not stop.is_set():
-            try:
-                slots.put(item, timeout=0.1)
-                return True
-            except queue.Full:
-                continue
-        return False
-
-    def produce() -> None:
-        try:
-            for item in items:
-                if not put(item):
-                    return
-            put(_DONE)
-        except BaseException as exc:  # noqa: BLE001 - handed to the consumer
-            put(_Failed(exc))
-
-    worker = threading.Thread(target=produce, name="crackcls-tiles", daemon=True)
-    worker.start()
-    try:
-        while True:
-            item = slots.get()
-            if item is _DONE:
-                return
-            if isinstance(item, _Failed):
-                raise item.error
-            yield item
-    finally:
-        stop.set()
-        worker.join()
-
-
-@dataclass
 class _Pending:
     photo: _Photo
     probabilities: np.ndarray
@@ -484,7 +438,7 @@ def scan_files(
         raise CrackclsError(f"--batch-size must be at least 1, got {batch_size}")
     size, reference, forward = _scorer(model)
     pending: dict[int, _Pending] = {}
-    for event in prefetched(tile_stream([Path(f) for f in files], settings, size, batch_size, overlay_size)):
+    for event in prefetched(tile_stream([Path(f) for f in files], settings, size, batch_size, overlay_size), PREFETCH):
         if isinstance(event, _Photo):
             count = event.grid.count
             familiar = None if reference is None else np.full(count, np.nan)

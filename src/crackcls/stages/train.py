@@ -2,18 +2,22 @@
 
 The steps live in their wings: fitting in :mod:`crackcls.model.training` (one process)
 or :mod:`crackcls.model.distributed` (``TF_CONFIG``: several workers, the chief goes
-on alone), post-train fitting in :mod:`crackcls.model.posttrain`, logging and
-registration in :mod:`crackcls.tracking.registry`.
+on alone), post-train fitting in :mod:`crackcls.model.posttrain`, the whole-photo
+rule in :mod:`crackcls.photos.photo_rule`, logging and registration in
+:mod:`crackcls.tracking.registry`.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from pathlib import Path
 
 from crackcls.config import Config, load_config
 from crackcls.model import distributed, posttrain, runtime, training
+from crackcls.photos import photo_rule
 from crackcls.tracking import registry, store
+from crackcls.trust.companions import Companions
 from crackcls.util import atomic, paths
 from crackcls.util.errors import user_errors_exit
 
@@ -45,17 +49,16 @@ def fit_save_and_register(
             batch_size=evaluate.batch_size,
             threshold=evaluate.threshold,
             target_recall=evaluate.target_recall,
-            target_photo_recall=config.scan.target_photo_recall,
-            connectivity=config.scan.connectivity,
         )  # calibrates the model in place
-        saved = training.save(trained, fitted.companions, workspace)
-        registry.log_training({**trained.metrics, **fitted.metrics}, trained.params, saved.plot_files)
+        companions, rule_figures = with_photo_rule(fitted, config)
+        saved = training.save(trained, companions, workspace)
+        registry.log_training({**trained.metrics, **fitted.metrics, **rule_figures}, trained.params, saved.plot_files)
         registered = registry.log_and_register(
             trained.crack.model,
             saved.model_file,
             saved.companion_files,
             model_name=config.registry.model_name,
-            threshold=fitted.companions.threshold,
+            threshold=companions.threshold,
             tags={"backbone": config.model.backbone, "target_recall": str(evaluate.target_recall)},
         )
     info = {
@@ -66,10 +69,21 @@ def fit_save_and_register(
         **registered,
         "training_time_s": trained.metrics["training_time_s"],
         "epochs_trained": trained.epochs,
-        "photo_rule_validation": (fitted.companions.photo_rule or {}).get("validation"),
+        "photo_rule_validation": (companions.photo_rule or {}).get("validation"),
     }
     atomic.write_json(workspace / paths.RUN_INFO_FILE, info)
     return info
+
+
+def with_photo_rule(fitted: posttrain.Fitted, config: Config) -> tuple[Companions, dict[str, float]]:
+    """The companions with the photo rule fitted on the calibrated validation scores (none: ``scan.target_photo_recall`` unset)."""
+    if config.scan.target_photo_recall is None:
+        return fitted.companions, {}
+    val = fitted.validation
+    rule, figures = photo_rule.fit_on_validation(
+        val.probabilities, val.labels, val.sources, val.parents, config.scan.target_photo_recall, config.scan.connectivity
+    )
+    return dataclasses.replace(fitted.companions, photo_rule=rule), figures
 
 
 @user_errors_exit

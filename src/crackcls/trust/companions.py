@@ -27,7 +27,7 @@ class Companions:
     target_recall: float | None = None
     temperature: float = 1.0  # already folded into the model's output layer
     familiarity: familiarity.Reference | None = None
-    # the whole-photo rule fitted on validation photos (crackcls.trust.photo_rule.PhotoRule.as_dict, with what it
+    # the whole-photo rule fitted on validation photos (crackcls.photos.photo_rule.PhotoRule.as_dict, with what it
     # measured there under "validation"); None: scans use params.yaml's rule
     photo_rule: dict | None = None
 

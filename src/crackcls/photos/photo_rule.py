@@ -338,3 +338,27 @@ def _rules_at(
             else:  # short of the target: the rule that separates the photos best, then the better tiles
                 key = (False, metrics["photo_recall"] - false_alarms, metrics["tile_f1"], t)
             yield key, FittedRule(rule, metrics, reached)
+
+
+def fit_on_validation(
+    probabilities: np.ndarray, labels: np.ndarray, sources: Sequence[str], parents: Sequence[str],
+    target_photo_recall: float, connectivity: int = 8,
+) -> tuple[dict | None, dict[str, float]]:  # fmt: skip
+    """The rule to store with a model (None where the split cannot make photos), and its figures for MLflow.
+
+    ``probabilities`` are the validation split's, calibrated as the saved model gives them.
+    The stored rule carries what it measured on the validation photos under ``validation``.
+    """
+    if not len(probabilities):
+        return None, {}
+    try:
+        photos = validation_photos(probabilities, labels, sources, parents)
+    except CrackclsError:
+        return None, {}
+    fitted = fit(photos, target_photo_recall, connectivity)
+    validation = {key: round(float(v), 6) for key, v in fitted.metrics.items()}
+    rule = {**fitted.rule.as_dict(), "validation": {**validation, "reached_target": fitted.reached_target}}
+    figures = {f"val_scan_{key}": float(value) for key, value in fitted.metrics.items() if key != "target_photo_recall"}
+    figures["val_scan_reached_target"] = float(fitted.reached_target)
+    figures.update({f"scan_{key}": float(value) for key, value in fitted.rule.as_dict().items() if value is not None})
+    return rule, figures
