@@ -23,7 +23,6 @@ from crackcls.config import Config, load_config
 from crackcls.data.images import SkipReport, header_size, iter_images
 from crackcls.model import portable
 from crackcls.model.scoring import CRACK, Scores, label_for, set_shift
-from crackcls.tracking import store
 from crackcls.trust import companions
 from crackcls.trust.shift import ShiftTest
 from crackcls.util import atomic, paths, progress
@@ -100,6 +99,8 @@ def _config() -> Config:
 
 def champion_spec(config: Config) -> str:
     """``models:/<name>@champion``, checked first so a missing champion gets an actionable message."""
+    from crackcls.tracking import store  # MLflow: imported only where the registry is asked
+
     name = config.registry.model_name
     store.configure_uri_only()
     if store.alias_or_none(name, CHAMPION) is None:
@@ -128,7 +129,9 @@ def runtime_for(spec: str, runtime: str | None, explain: bool = False) -> str:
         return runtime
     if explain:
         return "keras"
-    if store.is_model_uri(spec):
+    if paths.is_model_uri(spec):
+        from crackcls.tracking import store
+
         return "onnx" if store.run_has_artifact(spec, f"export/{portable.ONNX_FILE}") else "keras"
     path = paths.resolve(spec)
     if path.suffix == ".onnx" or (path.is_dir() and (path / portable.ONNX_FILE).is_file()):
@@ -143,7 +146,9 @@ def load_for(spec: str, runtime: str):  # noqa: ANN201 - a keras.Model or a port
         from crackcls.tracking.registry import load_model  # TensorFlow is imported only on this path
 
         return load_model(spec)[0]
-    if store.is_model_uri(spec):
+    if paths.is_model_uri(spec):
+        from crackcls.tracking import store
+
         with tempfile.TemporaryDirectory() as tmp:  # the session and companions are read into memory
             return portable.load(store.download_run_folder(spec, "export", Path(tmp)))
     path = paths.resolve(spec)

@@ -34,6 +34,8 @@ ONNX_OPSET = 17
 # Parity: a float export may differ from Keras by float rounding only; int8 must keep the labels.
 FLOAT_TOLERANCE = 1e-4
 INT8_LABEL_AGREEMENT = 0.995
+# An image this close to the threshold keeps its label either way: int8 rounding alone moves it across.
+LABEL_TIE_MARGIN = 0.01
 
 
 class ExportDrift(CrackclsError):
@@ -105,17 +107,23 @@ def write_litert(saved_model: Path, target: Path, int8: str | None = None, repre
 INT8_MODES = ("full", "weights")
 
 
+def same_labels(export_prob: np.ndarray, keras_prob: np.ndarray, threshold: float) -> np.ndarray:
+    """Per image: does the export give the Keras label (a Keras probability within ``LABEL_TIE_MARGIN`` of the threshold counts as a tie)?"""
+    same = (np.asarray(export_prob) >= threshold) == (np.asarray(keras_prob) >= threshold)
+    return same | (np.abs(np.asarray(keras_prob) - threshold) <= LABEL_TIE_MARGIN)
+
+
 def write_litert_int8(
     model: keras.Model, saved_model: Path, target: Path, representative: np.ndarray, choose_on: np.ndarray, threshold: float
 ) -> tuple[Path, str, dict[str, float]]:
     """int8 LiteRT: full integer (what NPUs and microcontrollers run) when it keeps the Keras labels of at least
     ``INT8_LABEL_AGREEMENT`` of the ``choose_on`` images (validation images, not the parity ones), else int8 weights
     with float activations. Returns the file, the mode kept and each tried mode's label agreement."""
-    keras_labels = np.asarray(forward_pass(model)(choose_on.astype(np.float32))).reshape(-1) >= threshold
+    keras_prob = np.asarray(forward_pass(model)(choose_on.astype(np.float32))).reshape(-1)
     tried: dict[str, float] = {}
     for mode in INT8_MODES:
         write_litert(saved_model, target, mode, representative)
-        tried[mode] = float(np.mean((litert_probabilities(target, choose_on) >= threshold) == keras_labels))
+        tried[mode] = float(np.mean(same_labels(litert_probabilities(target, choose_on), keras_prob, threshold)))
         if tried[mode] >= INT8_LABEL_AGREEMENT:
             break
     return target, mode, tried
@@ -177,7 +185,7 @@ def parity(model: keras.Model, folder: Path, images: np.ndarray, labels: np.ndar
             exported[fmt] = (litert_probabilities(path, images), None)
     report = {}
     for fmt, (prob, features) in exported.items():
-        same = (prob >= threshold) == (keras_prob >= threshold)
+        same = same_labels(prob, keras_prob, threshold)
         check = Parity(len(images), float(np.max(np.abs(prob - keras_prob))), float(np.mean(same)))
         if labels is not None:
             check.accuracy_keras = float(np.mean((keras_prob >= threshold) == labels))

@@ -10,6 +10,7 @@ where the model has them, the familiarity features of the same forward pass.
 from __future__ import annotations
 
 import functools
+import hashlib
 import os
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -17,7 +18,6 @@ from pathlib import Path
 
 import numpy as np
 
-from crackcls.data.download import sha256_file
 from crackcls.data.images import SkipReport, load_batch
 from crackcls.model.scoring import Scores
 from crackcls.trust import companions
@@ -91,7 +91,9 @@ def load(spec: str | os.PathLike[str]) -> PortableModel:
 
 @functools.lru_cache(maxsize=16)
 def _digest(path: str, mtime_ns: int, size: int) -> str:
-    return sha256_file(Path(path))
+    """Hashed here rather than with :mod:`crackcls.data.download`, which imports ``requests``."""
+    with open(path, "rb") as handle:
+        return hashlib.file_digest(handle, "sha256").hexdigest()
 
 
 def file_sha256(path: Path) -> str:

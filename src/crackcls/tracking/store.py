@@ -21,6 +21,7 @@ from mlflow.tracking import MlflowClient
 from crackcls.trust.model_card import CARD_FILE
 from crackcls.util import paths
 from crackcls.util.errors import CrackclsError
+from crackcls.util.paths import is_model_uri  # noqa: F401 - part of this module's interface
 
 DB_FILE = "mlflow.db"
 ARTIFACT_DIR = "mlruns"
@@ -193,11 +194,6 @@ def alias_or_none(model_name: str, alias: str):
         return client().get_model_version_by_alias(model_name, alias)
     except mlflow.exceptions.MlflowException:
         return None
-
-
-def is_model_uri(spec: str) -> bool:
-    """An MLflow model URI (``models:/…``, ``runs:/…``, any ``scheme://``), not a path."""
-    return "://" in spec or spec.startswith(("models:/", "runs:/"))
 
 
 def registered_version(spec: str):  # noqa: ANN201 - an MLflow ModelVersion or None

@@ -36,6 +36,15 @@ def project_root(start: Path | None = None) -> Path:
     return workspace
 
 
+def is_model_uri(spec: str) -> bool:
+    """An MLflow model URI (``models:/…``, ``runs:/…``, any ``scheme://``), not a path.
+
+    Here rather than in :mod:`crackcls.tracking.store`, so that telling a path from a URI
+    does not import MLflow (the ONNX Runtime path never needs it for a file).
+    """
+    return "://" in spec or spec.startswith(("models:/", "runs:/"))
+
+
 def resolve(path: str | os.PathLike[str], base: Path | None = None) -> Path:
     """Resolve a params path relative to the workspace root."""
     p = Path(path).expanduser()
