@@ -22,6 +22,7 @@ examples:
   crackcls predict photos/ --explain gradcam/      ... and write a Grad-CAM overlay per image
   crackcls scan site-7/ --overlay scans/           find crack regions in whole photos, tile by tile
   crackcls scan site-7/ --report site-7.html       ... and write an inspection report, printable to PDF
+  crackcls survey bridge-12/ --out survey/         a whole survey on Spark (local[*] or --master), resumable
   crackcls evaluate --data /path/to/labelled       score models/model.keras on Positive/ + Negative/
   crackcls promote                                 crown @challenger if it beats @champion
   crackcls app                                     the inspector's desk on http://127.0.0.1:8080
@@ -120,6 +121,23 @@ def _scan(args: argparse.Namespace) -> int:
     return 0 if result.scans else 1
 
 
+def _survey(args: argparse.Namespace) -> int:
+    from crackcls.jobs import survey
+
+    conf = {}
+    for item in args.conf:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise CrackclsError(f"--conf {item}: use KEY=VALUE, e.g. --conf spark.executor.memory=4g")
+        conf[key] = value
+    result = survey.run(
+        args.paths, args.out, args.model, args.master, args.runtime, args.column, args.partitions, args.tile, args.stride,
+        args.threshold, args.batch_size, args.report_photos, conf,
+    )  # fmt: skip
+    print(survey.summary_text(result), file=sys.stderr)
+    return 0 if result.summary["rows"] - result.summary["by_verdict"]["error"] > 0 else 1
+
+
 def _app(args: argparse.Namespace) -> int:
     from pathlib import Path
 
@@ -216,6 +234,31 @@ def build_parser() -> argparse.ArgumentParser:
     scan.add_argument("--batch-size", type=int, default=None, help="tiles per batch (default: params evaluate.batch_size, else 64)")
     scan.add_argument("--runtime", choices=("keras", "onnx"), default=None, help=RUNTIME_HELP)
     scan.set_defaults(func=_scan)
+
+    survey = sub.add_parser(
+        "survey",
+        help="scan a survey of many photos on Apache Spark, resumable: rows per photo and region as Parquet",
+        description="Scan every photo of a survey as `scan` does, on Spark (local[*] unless --master or Spark's own "
+        "configuration names a cluster): one row per photo and one per crack region, written a few photos at a time "
+        "as Parquet under --out, then summary.json, report.html (the photos most worth a look) and an MLflow run. "
+        "A rerun skips the photos already scanned with the same model version and settings, and finishes the rest; "
+        "an unreadable photo is a row with its error. Needs the survey extra (pyspark) and Java 17 or later. "
+        "Exits 1 when no photo could be scanned.",
+    )
+    survey.add_argument("paths", nargs="+", metavar="SURVEY", help="folders (recursive), quoted globs ('**/*.jpg'), or one CSV/Parquet table of photo paths or URIs")
+    survey.add_argument("--out", default=None, metavar="DIR", help="where the rows, summary and report go; a rerun into it resumes (default: reports/survey)")
+    survey.add_argument("--master", default=None, help="the Spark master, e.g. spark://host:7077, yarn, local[4] (default: Spark's configuration, else local[*])")
+    survey.add_argument("--conf", action="append", default=[], metavar="KEY=VALUE", help="a Spark setting, e.g. spark.executor.memory=4g (repeatable)")
+    survey.add_argument("--column", default=None, help="the table's photo column (default: path, uri or file, or its only column)")
+    survey.add_argument("--partitions", type=int, default=None, help="Spark tasks (default: one per 64 photos, at least one per core)")
+    survey.add_argument("--model", default=None, help="as for predict (default: models:/<registry.model_name>@champion)")
+    survey.add_argument("--runtime", choices=("keras", "onnx"), default=None, help=RUNTIME_HELP)
+    survey.add_argument("--tile", type=int, default=None, help="as for scan (default: params scan.tile)")
+    survey.add_argument("--stride", type=int, default=None, help="as for scan (default: the tile)")
+    survey.add_argument("--threshold", type=float, default=None, help="as for scan (default: the model's fitted rule)")
+    survey.add_argument("--batch-size", type=int, default=None, help="tiles per batch (default: params evaluate.batch_size, else 64)")
+    survey.add_argument("--report-photos", type=int, default=24, metavar="N", help="photos in the summary's list and the report (default: %(default)s; 0: no report)")
+    survey.set_defaults(func=_survey)
 
     export = sub.add_parser(
         "export",
