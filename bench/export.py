@@ -1,6 +1,7 @@
 """Exports and runtimes: file sizes, int8's accuracy change, and predict / scan on TensorFlow against ONNX Runtime.
 
-    python bench/export.py --project DIR          # a project after `make demo` (models/model.keras, data/split)
+    python bench/export.py                        # this project, after `make demo` (models/model.keras, data/split)
+    python bench/export.py --project DIR          # another project
     python bench/export.py --project DIR --images FOLDER --photo-megapixels 16
 
 For the project's ``compact_cnn`` and for a MobileNetV2 at 224 px (random weights: its speed,
@@ -13,7 +14,6 @@ resident memory.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import subprocess
@@ -24,8 +24,9 @@ from pathlib import Path
 
 import numpy as np
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-SHARED = REPO_ROOT.parent / "shared" / "data" / "concrete-crack-sample"
+import harness
+
+SHARED = harness.SHARED_SAMPLE
 
 DRIVER = """
 import json, sys, time
@@ -95,14 +96,17 @@ def mobilenet_project(work: Path) -> Path:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--project", type=Path, required=True)
+    parser = harness.parser(__doc__, "export")
+    parser.add_argument("--project", type=Path, default=Path("."), help="a trained project (default: this folder)")
     parser.add_argument("--images", type=Path, default=SHARED, help="JPEGs for predict (default: the shared sample)")
     parser.add_argument("--count", type=int, default=1000)
     parser.add_argument("--photo-megapixels", type=float, default=16)
-    parser.add_argument("--out", type=Path, default=REPO_ROOT / "bench" / "results" / "export.json")
     args = parser.parse_args()
+    if args.quick:
+        args.count, args.photo_megapixels = 100, 4
     project = args.project.resolve()
+    if not (project / "models" / "model.keras").is_file():
+        harness.skip(f"{project} has no models/model.keras: run make demo (or train) first")
     images = sorted(str(p) for p in args.images.rglob("*.jpg"))[: args.count]
     env_note = {"cpus": os.cpu_count()}
     results: dict = {"machine": env_note, "images": len(images), "models": {}}
@@ -143,9 +147,7 @@ def main() -> None:
                 print(f"  {key:<16} {run['count']:>6} {run['per_s']:>8} {run['run_s']:>7.2f} {run['wall_s']:>7.2f} "
                       f"{run['peak_rss_mb']:>12}  {run['tensorflow']}")  # fmt: skip
             print(f"  predict labels the same on both runtimes: {row['predict_same_labels']:.4f}")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(results, indent=2))
-    print(f"\nwritten: {args.out}")
+    harness.write(results, args.out)
 
 
 if __name__ == "__main__":

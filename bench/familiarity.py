@@ -1,7 +1,7 @@
 """Familiarity candidates on one trained model: per-image AUROCs, folder-level draws, cost and size.
 
+    python bench/familiarity.py                   # trains a Mendeley-only model first (compact_cnn, 96 px, 15 epochs)
     python bench/familiarity.py --project DIR     # a project whose models/model.keras is trained
-    python bench/run.py --familiarity              # trains a Mendeley-only model first, then this
 
 Every candidate scores the same features from one forward pass of the model:
 
@@ -19,9 +19,7 @@ Folder level: 200 draws of 20 images per set, and each set whole, tested with :m
 
 from __future__ import annotations
 
-import argparse
 import io
-import json
 import sys
 import time
 from pathlib import Path
@@ -29,8 +27,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageFilter
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-SHARED = REPO_ROOT.parent / "shared" / "data"
+import harness
+
+REPO_ROOT, SHARED = harness.REPO_ROOT, harness.SHARED_DATA
 TRANSFORMS = ("blur", "zoom_out", "zoom_in", "jpeg_q8", "colour_cast", "dark")
 DRAWS, BATCH = 200, 20
 ROUNDS = 4  # timing rounds of 512 test images, without and with familiarity
@@ -238,22 +237,29 @@ def table(result: dict) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--project", type=Path, required=True)
+    parser = harness.parser(__doc__, "familiarity")
+    harness.data_argument(parser)
+    parser.add_argument("--project", type=Path, default=None,
+                        help="a project whose models/model.keras is trained (default: train a Mendeley-only model on --data first)")  # fmt: skip
+    parser.add_argument("--size", type=int, default=96, help="the Mendeley-only model's image size (default: %(default)s)")
+    parser.add_argument("--epochs", type=int, default=15, help="its epochs (default: %(default)s)")
     parser.add_argument("--work", type=Path, default=None, help="where the transformed images go (default: PROJECT/shifted)")
-    parser.add_argument("--out", type=Path, default=REPO_ROOT / "bench" / "results" / "familiarity.json")
     args = parser.parse_args()
-    project = args.project.resolve()
-    result = measure(project, (args.work or project / "shifted").resolve())
-    result["table"] = table(result)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2))
-    print(result["table"])
-    print(
-        f"\nbank {result['bank_mb']} MB as stored (float16), file {result['file_mb']} MB; fit {result['fit_s']} s; predict {result['predict_img_s']} img/s, "
-        f"with familiarity {result['predict_with_familiarity_img_s']} img/s ({100 * result['familiarity_cost']:+.1f}%)"
+    if args.quick:
+        args.size, args.epochs = 48, 2
+    with harness.scratch() as work:
+        project = args.project.resolve() if args.project else None
+        if project is None:
+            data = harness.default_data(args.data)
+            project = harness.make_project(work / "mendeley_only", data, args.size, args.epochs, 32)
+            harness.in_child(harness.pipeline_by_source, project, harness.sources_overrides(data, None, {}))
+        result = harness.in_child(measure, project, (args.work or project / "shifted").resolve())
+    result["table"] = table(result) + (
+        f"\n\nbank {result['bank_mb']} MB as stored (float16), file {result['file_mb']} MB; fit {result['fit_s']} s; "
+        f"predict {result['predict_img_s']} img/s, with familiarity {result['predict_with_familiarity_img_s']} img/s "
+        f"({100 * result['familiarity_cost']:+.1f}%)"
     )
-    print(f"written: {args.out}")
+    harness.write(result, args.out)
 
 
 if __name__ == "__main__":

@@ -16,7 +16,6 @@ across machines each brings its own. Prints a table and writes bench/results/mul
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import platform
@@ -31,8 +30,9 @@ from pathlib import Path
 
 import yaml
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-RESULTS = REPO_ROOT / "bench" / "results"
+import harness
+
+REPO_ROOT = harness.REPO_ROOT
 DONE = re.compile(r"done: (\d+) steps in ([\d.]+) s")
 ONE_WORKER_LOOP = (
     "import pathlib\nfrom crackcls.config import load_config\nfrom crackcls.model import distributed\n"
@@ -97,16 +97,17 @@ def run_fit(project: Path) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", type=Path, default=REPO_ROOT / "sample" / "mendeley")
+    parser = harness.parser(__doc__, "multi_worker")
+    parser.add_argument("--data", type=Path, default=harness.BUNDLED_SAMPLE)
     parser.add_argument("--backbone", default="compact_cnn", help="trained from scratch (weights: none)")
     parser.add_argument("--per-class", type=int, default=100)
     parser.add_argument("--size", type=int, default=64)
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--batch", type=int, default=16, help="per-worker batch; the global batch is this times the workers")
     parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--out", type=Path, default=RESULTS / "multi_worker.json")
     args = parser.parse_args()
+    if args.quick:
+        args.per_class, args.epochs = 20, 1
 
     with tempfile.TemporaryDirectory(prefix="crackcls-mw-") as tmp:
         project = prepare(Path(tmp), args.data, args.backbone, args.per_class, args.size, args.epochs, args.batch)
@@ -117,12 +118,9 @@ def main() -> None:
         }
     setup = {"backbone": args.backbone, "images": 2 * args.per_class, "size": args.size, "epochs": args.epochs, "batch_per_worker": args.batch,
              "cpus": os.cpu_count(), "machine": platform.machine(), "python": platform.python_version()}  # fmt: skip
-    print(f"setup: {setup}")
-    print(f"{'run':<10} {'workers':>7} {'train s':>8} {'wall s':>7}")
-    for name, r in results.items():
-        print(f"{name:<10} {r['workers']:>7} {r['train_s']:>8.1f} {r['wall_s']:>7.1f}")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"setup": setup, "results": results}, indent=2))
+    lines = [f"setup: {setup}", f"{'run':<10} {'workers':>7} {'train s':>8} {'wall s':>7}"]
+    lines += [f"{name:<10} {r['workers']:>7} {r['train_s']:>8.1f} {r['wall_s']:>7.1f}" for name, r in results.items()]
+    harness.write({"setup": setup, "results": results, "table": "\n".join(lines)}, args.out)
 
 
 if __name__ == "__main__":

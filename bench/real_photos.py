@@ -17,16 +17,15 @@ stride has more tiles (and more false ones) per photo. Writes ``bench/results/re
 
 from __future__ import annotations
 
-import argparse
-import json
 import time
 from pathlib import Path
 
 import numpy as np
 from sklearn.metrics import roc_auc_score
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-PHOTOS = REPO_ROOT.parent / "shared" / "data" / "sdnet2018-photos"
+import harness
+
+PHOTOS = harness.SHARED_DATA / "sdnet2018-photos"
 SETTINGS = ("227:227", "256:256", "256:128")  # the training patch size; the truth's 256 px grid; with half overlap
 
 
@@ -46,7 +45,7 @@ def overlap_mean(probabilities: np.ndarray) -> np.ndarray:
 
 def ranking_and_ceiling(grids: list, masks: list, names: list, target: float) -> dict:
     """How well tile scores rank cracked tiles (AUROC), and the ceiling: the rule the fit would choose were these its validation photos."""
-    from crackcls.trust import photo_rule
+    from crackcls.photos import photo_rule
 
     ceiling = photo_rule.fit(photo_rule.ValidationPhotos(grids, masks, names), target)
     scores, cracked = np.concatenate([g.ravel() for g in grids]), np.concatenate([m.ravel() for m in masks])
@@ -119,19 +118,25 @@ def measure(spec: str, photos: Path, setting: str, batch_size: int, rule: str = 
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = harness.parser(__doc__, "real_photos")
     parser.add_argument("--models", nargs="+", default=["models:/crackcls@champion"])
     parser.add_argument("--photos", type=Path, default=PHOTOS)
     parser.add_argument("--settings", nargs="+", default=list(SETTINGS), metavar="TILE:STRIDE")
     parser.add_argument("--rules", nargs="+", default=["fitted"], choices=["fitted", "fixed"],
                         help="the photo rule fitted with the model (where it has one), or params.yaml's fixed rule")
     parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--out", type=Path, default=REPO_ROOT / "bench" / "results" / "real_photos.json")
     args = parser.parse_args()
+    if args.quick:
+        args.settings = ["256:256"]
     if not (args.photos / "truth.json").is_file():
-        raise SystemExit(f"{args.photos}: no truth.json (the shared SDNET2018 photos are not here)")
-    rows = [measure(spec, args.photos, setting, args.batch_size, rule)
-            for spec in args.models for setting in args.settings for rule in args.rules]  # fmt: skip
+        harness.skip(f"{args.photos}: no truth.json (the shared SDNET2018 photos are not here)")
+    from crackcls.util.errors import CrackclsError
+
+    try:
+        rows = [measure(spec, args.photos, setting, args.batch_size, rule)
+                for spec in args.models for setting in args.settings for rule in args.rules]  # fmt: skip
+    except CrackclsError as missing:  # no such model here (no champion before make demo), or none to read
+        harness.skip(str(missing))
     print("| model | tile:stride | rule | tile recall | tile precision | tile F1 | false crack tiles / photo | photos right | s |")
     print("|---|---|---|---|---|---|---|---|---|")
     for r in rows:
@@ -155,9 +160,7 @@ def main() -> None:
             o = r["overlap_mean"]
             print(f"  averaged onto the {r['tile']} px grid: tile AUROC {o['tile_auroc']:.3f}; ceiling tile F1 "
                   f"{o['ceiling']['tile_f1']:.3f}, {o['ceiling']['fp_tiles_per_photo']:.1f} false crack tiles / photo")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(rows, indent=2))
-    print(f"written: {args.out}")
+    harness.write({"photos": str(args.photos), "rows": rows}, args.out)
 
 
 if __name__ == "__main__":
