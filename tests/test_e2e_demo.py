@@ -46,8 +46,16 @@ def demo_repo(tmp_path_factory) -> Path:
     _run(["git", "add", "-A"], repo)
     _run(["git", "commit", "-qm", "fresh clone"], repo)
     demo = _run(["make", "demo", f"DEMO_EPOCHS={DEMO_EPOCHS}"], repo)
-    (repo / "demo.log").write_text(demo.stdout + demo.stderr)
+    (repo.parent / "demo.log").write_text(demo.stdout + demo.stderr)
     return repo
+
+
+def test_demo_leaves_only_what_a_dvc_user_commits(demo_repo):
+    # data, models, reports and metrics are DVC outputs, ignored by the committed .gitignore files DVC writes
+    changed = sorted(line[3:] for line in _run(["git", "status", "--porcelain"], demo_repo).stdout.splitlines())
+    assert changed == ["dvc.lock", "params.yaml"], changed
+    for output in ("reports/metrics.json", "reports/split.json", "models/model.keras", "data/split"):
+        assert (demo_repo / output).exists() and _run(["git", "check-ignore", "-q", output], demo_repo).returncode == 0, output
 
 
 def test_demo_writes_dvc_metrics_and_plots(demo_repo):
@@ -75,7 +83,7 @@ def test_demo_writes_dvc_metrics_and_plots(demo_repo):
     assert all(split["sources"][s]["parents"] > 5 for s in ("decks", "pavements", "walls"))
     assert sorted(metrics["sources"]) == ["decks", "mendeley", "pavements", "walls"]
     assert '"balanced_accuracy_ci_low"' in shown and '"decks"' in shown
-    log = (demo_repo / "demo.log").read_text()
+    log = (demo_repo.parent / "demo.log").read_text()
     assert "per source (95% intervals)" in log and re.search(r"^\s+decks\s+\d+\s+0\.\d{3} \[", log, re.M), log[-3000:]
 
 
@@ -94,7 +102,7 @@ def test_demo_tracks_the_run_and_crowns_a_champion(demo_repo):
     artifacts = {a.path for a in client.list_artifacts(champion.run_id, "evaluation")}
     assert "evaluation/confusion_matrix.png" in artifacts
     assert (demo_repo / "mlruns").is_dir(), "artifacts belong in ./mlruns"
-    assert "PROMOTED" in (demo_repo / "demo.log").read_text()
+    assert "PROMOTED" in (demo_repo.parent / "demo.log").read_text()
 
 
 def test_second_run_reruns_nothing(demo_repo):
@@ -141,7 +149,7 @@ NOISE_MARKERS = ("cuInit", "oneDNN", "absl::InitializeLog", "cudart_stub", "cpu_
 
 @pytest.mark.skipif(quiet.has_nvidia_device(), reason="CUDA lines are kept on a machine with a GPU")
 def test_stage_output_has_no_tensorflow_start_up_lines(demo_repo):
-    output = (demo_repo / "demo.log").read_text()
+    output = (demo_repo.parent / "demo.log").read_text()
     for stage in ("fetch", "split", "features", "train", "evaluate"):
         assert f"Running stage '{stage}'" in output
     assert "registered crackcls v1 as @challenger" in output and "PROMOTED" in output  # the stages' own lines still show
@@ -161,10 +169,15 @@ def test_dvc_metrics_show_leads_with_the_test_metrics(demo_repo):
     split = files["reports/split.json"]["data"]
     assert all(isinstance(v, (int, float)) for v in flatten(split).values()), split  # numbers only
 
-    _run(["git", "add", "dvc.lock", "reports/metrics.json", "reports/split.json", "reports/fetch.json"], repo)
-    _run(["git", "commit", "-qm", "first model"], repo)  # the usual next step: keep the result
+    _run(["git", "add", "dvc.lock", "params.yaml"], repo)  # the usual next step: keep the result
+    _run(["git", "commit", "-qm", "first model"], repo)
     diff = _run(["dvc", "metrics", "diff"], repo)
     assert "failed to load" not in diff.stderr + diff.stdout
+    # the committed metrics are read from DVC's cache by their hash in dvc.lock, not from git
+    head = _run(["git", "rev-parse", "HEAD"], repo).stdout.strip()
+    by_rev = json.loads(_run(["dvc", "metrics", "show", "--all-commits", "--json"], repo).stdout)
+    committed = next(v for rev, v in by_rev.items() if head.startswith(rev) or rev.startswith(head[:7]))
+    assert "f1" in committed["data"]["reports/metrics.json"]["data"], committed
 
 
 def flatten(value: dict, prefix: str = "") -> dict:
@@ -195,7 +208,7 @@ def test_a_registered_version_leads_back_to_its_exact_data(demo_repo):
     lock = yaml.safe_load((repo / "dvc.lock").read_text())
     split_md5 = next(out["md5"] for out in lock["stages"]["split"]["outs"] if out["path"] == "data/split")
     assert run.data.tags["dvc_split_md5"] == split_md5
-    exp_name = re.search(r"Ran experiment\(s\): (\S+)", (repo / "demo.log").read_text()).group(1)
+    exp_name = re.search(r"Ran experiment\(s\): (\S+)", (repo.parent / "demo.log").read_text()).group(1)
     assert run.data.tags["dvc_exp_name"] == exp_name
     assert len(run.data.tags["dvc_lock_md5"]) == 32
 
