@@ -21,6 +21,8 @@ SCAN   ?=
 APP_PORT  ?= 8080
 APP_MODEL ?=
 RUNTIME ?=
+MASTER ?=
+SURVEY_OUT ?= reports/survey
 
 # The team tracking server (make server): runs and registry, artifact store, users and permissions.
 BACKEND   ?= sqlite:///$(CURDIR)/mlflow.db
@@ -29,7 +31,7 @@ AUTH_DB   ?= sqlite:///$(CURDIR)/basic_auth.db
 HOST      ?= 127.0.0.1
 WORKERS   ?= 4
 
-.PHONY: help install test test-fast lint docs docs-serve repro demo evaluate promote predict scan app export serve server bench ui
+.PHONY: help install test test-fast lint docs docs-serve screenshots repro demo evaluate promote predict scan survey app export serve server bench ui
 
 help:
 	@echo "make install     create $(VENV) and install crackcls with pinned dependencies (GPU=1: CUDA libraries too)"
@@ -37,17 +39,19 @@ help:
 	@echo "make lint        check the import layers (lower wings never import higher ones)"
 	@echo "make docs        build the documentation site into site/ (strict: a broken link fails)"
 	@echo "make docs-serve  the documentation site on http://127.0.0.1:8000"
+	@echo "make screenshots retake docs/desk.jpg: the desk in headless Chromium serving the champion (after make demo; APP_MODEL=)"
 	@echo "make repro       run the DVC pipeline (dvc repro) on the full Mendeley set"
 	@echo "make demo        run the pipeline offline on the bundled sample, then promote"
 	@echo "make evaluate    evaluate MODEL=<path|models:/name@alias> on DATA=<folder> (default: test split); SCAN=1: DATA holds whole photos"
 	@echo "make promote     move @champion to @challenger if it is better"
 	@echo "make predict     classify IN=<files|folders|globs> with MODEL (default: the registry champion)"
 	@echo "make scan        scan whole photos IN=<files|folders|globs> tile by tile; overlays in reports/scan/"
+	@echo "make survey      scan a survey IN=<folder|glob|table.csv|table.parquet> on Spark (MASTER=, default local[*]), resumable; results in reports/survey/"
 	@echo "make app         the inspector's desk on http://127.0.0.1:$(APP_PORT): scan, review, correct, report (APP_MODEL=, AUTH_DB= for logins)"
 	@echo "make export      MODEL (default: the registry champion) as SavedModel, ONNX, LiteRT float32 and int8 in models/export/, parity-checked; RUNTIME=onnx for predict and scan"
 	@echo "make serve       serve models:/crackcls@champion over HTTP on 127.0.0.1:$(SERVE_PORT)"
 	@echo "make server      team MLflow server with logins on $(HOST):$(PORT) (BACKEND=, ARTIFACTS=, AUTH_DB=)"
-	@echo "make bench       training / prediction / split / memory benchmark (docs/performance.md)"
+	@echo "make bench       every benchmark part (bench/<part>.py --help) into bench/results/bench.json (docs/performance.md)"
 	@echo "make ui          MLflow UI on http://127.0.0.1:$(PORT) (prints the link to the training runs)"
 
 $(BIN)/python:
@@ -57,7 +61,7 @@ $(BIN)/python:
 # GPU=1 adds TensorFlow's CUDA libraries (Linux, NVIDIA driver installed).
 GPU    ?=
 comma  := ,
-EXTRAS := dev,server,docs$(if $(GPU),$(comma)gpu)
+EXTRAS := dev,server,docs,survey$(if $(GPU),$(comma)gpu)
 
 install: $(BIN)/python
 	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[$(EXTRAS)]"
@@ -81,6 +85,9 @@ docs:
 docs-serve:
 	$(BIN)/mkdocs serve --dev-addr 127.0.0.1:8000
 
+screenshots:
+	$(BIN)/python docs/screenshots.py $(if $(APP_MODEL),--model "$(APP_MODEL)")
+
 repro:
 	dvc repro
 
@@ -99,6 +106,10 @@ predict:
 
 scan:
 	crackcls scan $(IN) --overlay reports/scan $(if $(filter-out models/model.keras,$(MODEL)),--model "$(MODEL)") $(if $(RUNTIME),--runtime $(RUNTIME))
+
+# MASTER= names a Spark cluster (spark://host:7077, yarn); empty: local[*]. A rerun skips the photos already done.
+survey:
+	crackcls survey $(IN) --out $(SURVEY_OUT) $(if $(MASTER),--master "$(MASTER)") $(if $(filter-out models/model.keras,$(MODEL)),--model "$(MODEL)") $(if $(RUNTIME),--runtime $(RUNTIME))
 
 # Off loopback (HOST=0.0.0.0) the desk needs logins: AUTH_DB, the team server's users.
 app:

@@ -33,8 +33,7 @@ from PIL import Image
 
 pytestmark = pytest.mark.e2e
 
-# CRACKCLS_DESK_MODEL serves another model (the README's screenshot: make demo's champion, from the repository)
-MODEL = os.environ.get("CRACKCLS_DESK_MODEL", "models:/crackcls@challenger")
+MODEL = "models:/crackcls@challenger"
 REAL_PHOTO = SHARED / "data" / "sdnet2018-photos" / "Positive" / "decks_7029.jpg"
 MAX_FILE_MB = 12
 MAX_MEGAPIXELS = 20
@@ -71,8 +70,7 @@ def app_command(port: int, *extra: str) -> list[str]:
 
 
 def desk_env(project: Path) -> dict[str, str]:
-    store = os.environ.get("CRACKCLS_DESK_STORE", f"sqlite:///{project / 'mlflow.db'}")
-    return {**subprocess_env(), "MLFLOW_TRACKING_URI": store}
+    return {**subprocess_env(), "MLFLOW_TRACKING_URI": f"sqlite:///{project / 'mlflow.db'}"}
 
 
 def served_version(desk: str) -> str:
@@ -190,7 +188,7 @@ def browser():  # noqa: ANN201 - a selenium Chrome driver
 @pytest.mark.skipif(find_chromedriver() is None or not shutil.which("chromium"), reason="chromium and chromium-driver are not installed")
 @pytest.mark.skipif(not REAL_PHOTO.is_file(), reason="the shared SDNET2018 photos are not here (../shared/data/sdnet2018-photos)")
 def test_in_a_browser_a_real_photo_is_scanned_and_a_false_region_lands_in_the_field_folder(
-    desk: str, project: Path, tmp_path: Path
+    desk: str, project: Path
 ) -> None:
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support import expected_conditions as seen
@@ -217,9 +215,6 @@ def test_in_a_browser_a_real_photo_is_scanned_and_a_false_region_lands_in_the_fi
         regions[-1].click()
         wait.until(lambda d: card.find_element(By.CSS_SELECTOR, ".message").text.startswith("Saved"))
         assert "not a crack" in card.find_element(By.CSS_SELECTOR, ".notes").text
-        driver.save_screenshot(str(tmp_path / "desk.png"))
-        if target := os.environ.get("CRACKCLS_DESK_SCREENSHOT"):
-            shutil.copy(tmp_path / "desk.png", target)
     finally:
         driver.quit()
     new_rows = manifest_rows(project)[rows_before:]
@@ -301,3 +296,11 @@ def test_any_address_but_loopback_needs_logins(project: Path, tmp_path: Path) ->
         page = requests.get(url, auth=("ana", "s3cret-Passw0rd"), timeout=30)
         assert page.status_code == 200 and "signed in as ana" in page.text
 
+
+
+def test_the_screenshot_script_explains_itself() -> None:
+    shown = subprocess.run(
+        [str(BIN_DIR / "python"), str(REPO_ROOT / "docs" / "screenshots.py"), "--help"], capture_output=True, text=True, timeout=120
+    )
+    assert shown.returncode == 0, shown.stderr
+    assert "docs/desk.jpg" in shown.stdout and "--photo" in shown.stdout and "--model" in shown.stdout
