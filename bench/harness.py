@@ -33,7 +33,6 @@ PAINTED_WALL = SHARED_DATA / "other-surfaces" / "painted-wall"
 BUNDLED_SAMPLE = REPO_ROOT / "sample" / "mendeley"
 RESULTS = REPO_ROOT / "bench" / "results"
 FROZEN_WEIGHTS = "frozen_backbone.weights.h5"
-SDNET_PATTERN = r"^(?P<parent>.+)-\d+(?:_\d+)?$"  # SDNET2018 tiles are named <parent>-<tile>
 SKIPPED = 77  # a part's exit status when what it needs is not here (a trained model, the shared data)
 
 
@@ -225,7 +224,9 @@ def sources_overrides(mendeley: Path, sdnet: Path | None, recipe: dict) -> dict:
     """Overrides for a from-scratch run on Mendeley images (and SDNET2018 tiles), the recipe's keys merged in."""
     sources: list = [{"name": "mendeley", "path": str(mendeley)}]
     if sdnet is not None:
-        sources.append({"name": "sdnet2018", "path": str(sdnet), "parent_pattern": SDNET_PATTERN})
+        from crackcls.data.settings import SDNET_PARENT_PATTERN
+
+        sources.append({"name": "sdnet2018", "path": str(sdnet), "parent_pattern": SDNET_PARENT_PATTERN})
     overrides: dict = {"data": {"sources": sources}, "model": {"backbone": "compact_cnn", "weights": "none"}}
     for section, values in recipe.items():
         overrides.setdefault(section, {}).update(values)

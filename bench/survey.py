@@ -39,7 +39,6 @@ import harness
 
 SAMPLES = (harness.SHARED_SAMPLE, harness.SHARED_SDNET, harness.BUNDLED_SAMPLE)
 SAME = ["path", "sha256", "verdict", "score", "crack_tiles", "tiles", "regions", "familiarity", "model_version", "error"]
-LOOPBACK = {"spark.driver.host": "127.0.0.1", "spark.driver.bindAddress": "127.0.0.1", "spark.ui.enabled": "false"}
 PATCH = 227
 
 
@@ -93,9 +92,7 @@ def survey_command(photos: Path, out: Path, args: argparse.Namespace) -> list[st
     command = [crackcls(), "survey", str(photos), "--out", str(out), "--master", args.master, "--tile", str(PATCH),
                "--report-photos", "0", *(["--model", args.model] if args.model else []),
                *(["--runtime", args.runtime] if args.runtime else [])]  # fmt: skip
-    for key, value in LOOPBACK.items():
-        command += ["--conf", f"{key}={value}"]
-    return command
+    return command  # a local master binds to loopback by itself
 
 
 class WorkerMemory:

@@ -24,7 +24,6 @@ if shutil.which("java") is None and not os.environ.get("JAVA_HOME"):
 
 CHALLENGER = "models:/crackcls@challenger"
 BUNDLED = REPO_ROOT / "sample" / "mendeley"
-LOOPBACK = {"spark.driver.host": "127.0.0.1", "spark.driver.bindAddress": "127.0.0.1", "spark.ui.enabled": "false"}
 PHOTOS = 12
 # What is compared between runs: everything but when a row was written.
 SAME = ["path", "sha256", "verdict", "score", "crack_tiles", "tiles", "regions", "familiarity", "model_version", "error"]
@@ -36,7 +35,9 @@ def spark() -> Iterator[object]:
     from pyspark.sql import SparkSession
 
     builder = SparkSession.builder.master("local[2]").appName("crackcls-tests")
-    for key, value in {**LOOPBACK, "spark.sql.shuffle.partitions": "2"}.items():
+    from crackcls.jobs.survey import LOCAL_LOOPBACK
+
+    for key, value in {**LOCAL_LOOPBACK, "spark.sql.shuffle.partitions": "2"}.items():
         builder = builder.config(key, value)
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("PYSPARK_PYTHON", sys.executable)  # the workers: this environment's Python, crackcls importable
@@ -240,8 +241,6 @@ def test_a_killed_driver_loses_no_finished_rows_and_the_rerun_finishes_the_rest(
     env = subprocess_env()
     command = [str(Path(sys.executable).parent / "crackcls"), "survey", str(survey_folder[0]), "--out", str(out), "--model",
                CHALLENGER, "--tile", "227", "--master", "local[1]", "--partitions", "4", "--report-photos", "0"]  # fmt: skip
-    for key, value in LOOPBACK.items():
-        command += ["--conf", f"{key}={value}"]
     process = subprocess.Popen(command, cwd=project, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
     deadline = time.monotonic() + 120
     try:

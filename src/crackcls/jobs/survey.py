@@ -153,6 +153,10 @@ def java_problem() -> str | None:
     return "java not found (Spark runs on Java 17 or later): apt-get install openjdk-17-jre-headless, or set JAVA_HOME"
 
 
+# A session on this machine binds to loopback only, with no UI; --conf overrides either.
+LOCAL_LOOPBACK = {"spark.driver.host": "127.0.0.1", "spark.driver.bindAddress": "127.0.0.1", "spark.ui.enabled": "false"}
+
+
 def spark_session(master: str | None, conf: dict[str, str]):  # noqa: ANN201 - (SparkSession, whether this call started it)
     """The active session (a caller's, or spark-submit's), else a new one on ``master`` (Spark's default: ``local[*]``)."""
     try:
@@ -167,9 +171,10 @@ def spark_session(master: str | None, conf: dict[str, str]):  # noqa: ANN201 - (
     builder = SparkSession.builder.appName("crackcls survey")
     if master:
         builder = builder.master(master)
-    if not os.environ.get("PYSPARK_PYTHON") and "spark.pyspark.python" not in conf and (master or "local").startswith("local"):
+    local = (master or "local").startswith("local")
+    if not os.environ.get("PYSPARK_PYTHON") and "spark.pyspark.python" not in conf and local:
         os.environ["PYSPARK_PYTHON"] = sys.executable  # local workers need this environment's packages (read at start only)
-    for key, value in conf.items():
+    for key, value in ({**LOCAL_LOOPBACK, **conf} if local else conf).items():
         builder = builder.config(key, value)
     try:
         session = builder.getOrCreate()

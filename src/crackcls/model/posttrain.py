@@ -74,12 +74,11 @@ def fit(
     logits = calibration.logits_of(val_raw)
     temperature = calibration.fit_temperature(logits, val_labels)
     calibration.fold_into(model, temperature)
+    calibrated = calibration.sigmoid(logits / temperature)  # what the saved model gives the validation images
     metrics = {"temperature": temperature}
     if len(val_files):
         metrics["val_ece_before"] = calibration.expected_calibration_error(val_labels, calibration.sigmoid(logits))
-        metrics["val_ece_after"] = calibration.expected_calibration_error(
-            val_labels, calibration.sigmoid(logits / temperature)
-        )
+        metrics["val_ece_after"] = calibration.expected_calibration_error(val_labels, calibrated)
 
     target = target_recall
     if target is not None:
@@ -95,5 +94,4 @@ def fit(
     reference = familiarity.fit(train.features, val.features, layout, train.sources, val.sources, val.labels)
     metrics["familiarity_sources"] = len(reference.sources)
     metrics["familiarity_bank_mb"] = reference.bank_bytes / 1e6
-    calibrated = dataclasses.replace(val, probabilities=calibration.sigmoid(logits / temperature))
-    return Fitted(Companions(threshold, target, temperature, reference), metrics, calibrated)
+    return Fitted(Companions(threshold, target, temperature, reference), metrics, dataclasses.replace(val, probabilities=calibrated))
