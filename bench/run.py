@@ -26,7 +26,7 @@ import harness
 
 BENCH = Path(__file__).resolve().parent
 # in this order; the last four measure the champion of the project they run in (after make demo)
-PARTS = ("training", "without_imagenet", "predict", "split", "scan", "trust", "sources", "familiarity", "multi_worker",
+PARTS = ("training", "throughput", "without_imagenet", "predict", "split", "scan", "trust", "sources", "familiarity", "multi_worker",
          "survey", "export", "real_photos", "desk")  # fmt: skip
 
 

@@ -247,6 +247,13 @@ def _load_or_error(path: Path, size: int) -> np.ndarray | UnreadableImage:
         return exc
 
 
+def decode_each(paths: Iterable[str | os.PathLike[str]], size: int) -> list[np.ndarray | UnreadableImage]:
+    """Each of ``paths`` decoded by :func:`load_rgb` in parallel threads, in order; a failure is its UnreadableImage."""
+    files = [Path(p) for p in paths]
+    with ThreadPoolExecutor() as pool:
+        return list(pool.map(lambda p: _load_or_error(p, size), files))
+
+
 def load_batch(
     paths: Iterable[str | os.PathLike[str]], size: int, skips: SkipReport
 ) -> tuple[np.ndarray, list[Path]]:
@@ -255,8 +262,7 @@ def load_batch(
     Input order is preserved; unreadable files are left out and recorded in ``skips``.
     """
     files = [Path(p) for p in paths]
-    with ThreadPoolExecutor() as pool:
-        results = list(pool.map(lambda p: _load_or_error(p, size), files))
+    results = decode_each(files, size)
     kept: list[Path] = []
     arrays: list[np.ndarray] = []
     for path, result in zip(files, results):

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import tensorflow as tf
 
+from crackcls.data.decoded import DecodedImages
 from crackcls.data.images import UnreadableImage, load_rgb
 from crackcls.data.splitting import Item
 from crackcls.util import paths
@@ -46,22 +47,20 @@ def image_dataset(
     shuffle_seed: int | None = None,
     base: Path | None = None,
     keep_flags: bool = False,
-    cache: bool = False,
     weights: Sequence[float] | np.ndarray | None = None,
 ) -> tf.data.Dataset:
     """Batches of float (image, label) — (image, label, weight) with ``weights``, (image, ok) with ``keep_flags`` —
     decoded in parallel.
 
     Order is deterministic; with ``shuffle_seed`` the order is reshuffled each epoch.
-    ``cache`` keeps the decoded images in memory as uint8 (3 bytes a pixel), so epochs
-    after the first decode nothing: training from scratch reads every image each epoch.
+    Training reads :func:`decoded_dataset` instead, which decodes nothing after the first run.
     """
     root = base or paths.workspace_root()
     resolved = [str(paths.resolve(f, root)) for f in files]
     targets = np.asarray(labels if labels is not None else [0] * len(resolved), np.float32)
     per_image = np.asarray(weights if weights is not None else np.ones(len(resolved)), np.float32)
     ds = tf.data.Dataset.from_tensor_slices((resolved, targets, per_image))
-    if shuffle_seed is not None and not cache:
+    if shuffle_seed is not None:
         ds = ds.shuffle(len(resolved), seed=shuffle_seed, reshuffle_each_iteration=True)
     decode = _decoder(size)
     ds = ds.map(lambda p, y, w: (*decode(p), y, w), num_parallel_calls=AUTOTUNE, deterministic=True)
@@ -71,13 +70,6 @@ def image_dataset(
         ds = ds.filter(_decoded).map(_image_label_weight)
     else:
         ds = ds.filter(_decoded).map(_image_and_label)
-    if cache:
-        ds = ds.cache()
-        # One pass fills the cache and counts what decoded, so Keras knows the epoch length.
-        decoded = ds.reduce(np.int64(0), lambda count, _: count + 1)
-        ds = ds.apply(tf.data.experimental.assert_cardinality(decoded))
-        if shuffle_seed is not None:
-            ds = ds.shuffle(len(resolved), seed=shuffle_seed, reshuffle_each_iteration=True)
     return ds.map(_as_float).batch(batch_size).prefetch(AUTOTUNE)
 
 
@@ -103,3 +95,54 @@ def _as_float(image: tf.Tensor, *rest: tf.Tensor) -> tuple[tf.Tensor, ...]:
 
 def manifest_dataset(items: Sequence[Item], size: int, batch_size: int, **kwargs) -> tf.data.Dataset:
     return image_dataset([it.path for it in items], [it.label for it in items], size, batch_size, **kwargs)
+
+
+def decoded_dataset(
+    decoded: DecodedImages,
+    batch_size: int,
+    labels: Sequence[int] | np.ndarray | None = None,
+    *,
+    shuffle_seed: int | None = None,
+    weights: Sequence[float] | np.ndarray | None = None,
+    repeat: bool = False,
+) -> tf.data.Dataset:
+    """Batches of float images from the decoded-image cache: (image, label), (image, label, weight), or images alone.
+
+    ``labels`` and ``weights`` are per manifest row; rows that did not decode are left out,
+    as :func:`image_dataset` leaves them out. Each batch is gathered from the memory-mapped
+    array, so nothing is decoded and a set larger than memory streams. With
+    ``shuffle_seed`` the order is reshuffled each epoch, reproducibly.
+
+    ``repeat`` makes it endless, epoch after epoch of :func:`batches_per_epoch` batches:
+    give Keras ``steps_per_epoch`` and it keeps one iterator for the whole fit, where a
+    new iterator per epoch (a finite dataset) stalls each epoch's start for seconds.
+    """
+    rows = decoded.rows
+    pixels = decoded.images
+    ds = tf.data.Dataset.from_tensor_slices(rows.astype(np.int64))
+    if shuffle_seed is not None:
+        ds = ds.shuffle(len(rows), seed=shuffle_seed, reshuffle_each_iteration=True)
+    ds = ds.batch(batch_size)  # batched before repeating, so every epoch ends on its own short batch
+    size = pixels.shape[1]
+
+    def gather(index: np.ndarray) -> np.ndarray:
+        return np.asarray(pixels[np.sort(index)])[np.argsort(np.argsort(index))]  # sorted reads, original order
+
+    def load(index: tf.Tensor) -> tf.Tensor:
+        batch = tf.numpy_function(gather, [index], tf.uint8, stateful=False)
+        batch.set_shape((None, size, size, 3))
+        return tf.cast(batch, tf.float32)
+
+    columns = [np.asarray(c, np.float32) for c in (labels, weights) if c is not None]
+    if weights is not None and labels is None:
+        raise ValueError("weights need labels")
+    tables = [tf.constant(c) for c in columns]
+    ds = ds.map(lambda index: (load(index), *(tf.gather(t, index) for t in tables)), num_parallel_calls=AUTOTUNE, deterministic=True)
+    if not tables:
+        ds = ds.map(lambda images: images)
+    return (ds.repeat() if repeat else ds).prefetch(AUTOTUNE)
+
+
+def batches_per_epoch(decoded: DecodedImages, batch_size: int) -> int:
+    """Batches in one pass over the decodable rows (the last may be short)."""
+    return -(-len(decoded.rows) // batch_size)

@@ -28,7 +28,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from crackcls.data.pipeline import image_dataset
+from crackcls.data.decoded import decoded_images
+from crackcls.data.pipeline import decoded_dataset
 from crackcls.data.splitting import Item
 from crackcls.model import runtime
 from crackcls.model.build import adam, from_scratch, learning_rate_schedule, rebuilt, unfreeze_top
@@ -82,15 +83,15 @@ def _shard(items: Sequence[Item], context: tf.distribute.InputContext) -> list[I
 
 def _distributed_batches(
     strategy: tf.distribute.Strategy, items: Sequence[Item], size: int, global_batch: int, seed: int | None, base: Path,
-    cache: bool,
 ) -> Iterator:
-    """Endless per-replica batches: each input pipeline decodes only its own shard of the files."""
+    """Endless per-replica batches: each input pipeline decodes only its own shard of the files, once (the decoded-image cache)."""
 
     def dataset_fn(context: tf.distribute.InputContext) -> tf.data.Dataset:
         shard = _shard(items, context)
         batch = context.get_per_replica_batch_size(global_batch)
         shard_seed = None if seed is None else seed + context.input_pipeline_id
-        ds = image_dataset([it.path for it in shard], [it.label for it in shard], size, batch, shuffle_seed=shard_seed, base=base, cache=cache)
+        decoded = decoded_images([it.path for it in shard], size, base=base, desc=f"decode shard {context.input_pipeline_id}")
+        ds = decoded_dataset(decoded, batch, [it.label for it in shard], shuffle_seed=shard_seed)
         return ds.repeat()
 
     return iter(strategy.distribute_datasets_from_function(dataset_fn))
@@ -219,8 +220,8 @@ class Cluster:
             crack = new_model(model, train, workspace)  # seeded: the same initial weights on every worker
 
         steps = _steps(len(train_items), global_batch)
-        train_batches = (_distributed_batches(strategy, train_items, size, global_batch, seed, workspace, scratch), steps)
-        val_batches = (_distributed_batches(strategy, val_items, size, global_batch, None, workspace, scratch), _steps(len(val_items), global_batch)) if val_items else None  # fmt: skip
+        train_batches = (_distributed_batches(strategy, train_items, size, global_batch, seed, workspace), steps)
+        val_batches = (_distributed_batches(strategy, val_items, size, global_batch, None, workspace), _steps(len(val_items), global_batch)) if val_items else None  # fmt: skip
 
         def log_epoch(epoch: int, logs: dict[str, float]) -> None:
             print(f"distributed: {me.type} {me.index} epoch {epoch}: " + ", ".join(f"{k} {v:.4f}" for k, v in logs.items()), flush=True)

@@ -14,19 +14,22 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import keras
 import numpy as np
-import tensorflow as tf
 
 from crackcls.data import manifest
 from crackcls.data.download import sha256_file
-from crackcls.data.pipeline import manifest_dataset
-from crackcls.model import runtime
-from crackcls.model.build import build_model
 from crackcls.model.settings import ModelConfig, TrainConfig
 from crackcls.util import atomic, paths, progress, quiet
 from crackcls.util.errors import CrackclsError
+
+if TYPE_CHECKING:
+    import tensorflow as tf
+
+# TensorFlow and Keras are imported where features are computed or read into a dataset, not
+# here: from scratch the ``features`` stage only records that it has nothing to cache, and
+# should not spend seconds importing TensorFlow to say so.
 
 BACKBONE_WEIGHTS_FILE = "backbone.weights.h5"
 META_FILE = "meta.json"
@@ -85,6 +88,7 @@ def extract(
 
     ``on_batch`` is called with the number of images in each finished batch.
     """
+    import tensorflow as tf
 
     @tf.function(reduce_retracing=True)
     def all_views(images: tf.Tensor) -> tf.Tensor:
@@ -130,6 +134,8 @@ def head_dataset(
     feature_set: FeatureSet, batch_size: int, seed: int, shuffle: bool, weights: np.ndarray | None = None
 ) -> tf.data.Dataset:
     """(features, label) batches, or (features, label, weight); each pass draws one cached view per image."""
+    import tensorflow as tf
+
     views = feature_set.features.shape[1]
     per_image = weights if weights is not None else np.ones(len(feature_set.labels), np.float32)
     with quiet.filtered_stderr():  # the first float16 tensor makes oneDNN log a harmless "E0000" line
@@ -163,6 +169,12 @@ def build_cache(model: ModelConfig, train: TrainConfig, workspace: Path) -> dict
         with atomic.atomic_dir(out_dir) as staging:
             save_unused(staging)
         return report
+    import keras
+
+    from crackcls.data.pipeline import manifest_dataset
+    from crackcls.model import runtime
+    from crackcls.model.build import build_model
+
     runtime.configure_precision()
     keras.utils.set_random_seed(train.seed)
     crack = build_model(model, train)

@@ -15,7 +15,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from crackcls.data.pipeline import image_dataset
+from crackcls.data.decoded import DecodedImages
+from crackcls.data.pipeline import decoded_dataset, image_dataset
 from crackcls.model.scoring import (  # noqa: F401 - the shared answers, importable from here too
     CRACK,
     NO_CRACK,
@@ -94,21 +95,46 @@ def predict_with_features(
     """:func:`predict_files` plus the familiarity features of each file (``None`` without ``with_features``)."""
     size = model_input_size(model)
     ds = image_dataset(files, None, size, batch_size, base=base, keep_flags=True)
+    flags: list[np.ndarray] = []
+
+    def images_of(batches):
+        for images, ok in batches:
+            flags.append(ok.numpy())
+            yield images
+
+    probs, pooled = _forward(model, images_of(ds), with_features, progress)
+    return probs, np.concatenate(flags) if flags else np.zeros(0, bool), pooled
+
+
+def predict_decoded(
+    model: keras.Model, decoded: DecodedImages, batch_size: int, with_features: bool = True
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """Probabilities (and familiarity features) of the decodable rows of a decoded-image cache entry, in order.
+
+    The same pixels and the same forward pass as :func:`predict_with_features` on the files,
+    without decoding them again.
+    """
+    if decoded.images.shape[1] != model_input_size(model):
+        raise CrackclsError(f"decoded images of {decoded.images.shape[1]} px cannot feed a {model_input_size(model)} px model")
+    return _forward(model, decoded_dataset(decoded, batch_size), with_features, None)
+
+
+def _forward(
+    model: keras.Model, batches, with_features: bool, progress: Callable[[int], object] | None
+) -> tuple[np.ndarray, np.ndarray | None]:
     forward = forward_pass(model, with_features)
-    probs, flags, pooled = [], [], []
-    for images, ok in ds:
+    probs, pooled = [], []
+    for images in batches:
         out = forward(images)
         if with_features:
             out, features = out
             pooled.append(np.asarray(features, np.float32))
         probs.append(np.asarray(out).reshape(-1))
-        flags.append(ok.numpy())
         if progress is not None:
-            progress(len(flags[-1]))
+            progress(len(probs[-1]))
     if not probs:
-        empty = np.zeros((0, 0), np.float32) if with_features else None
-        return np.zeros(0, np.float32), np.zeros(0, bool), empty
-    return np.concatenate(probs), np.concatenate(flags), np.concatenate(pooled) if with_features else None
+        return np.zeros(0, np.float32), np.zeros((0, 0), np.float32) if with_features else None
+    return np.concatenate(probs), np.concatenate(pooled) if with_features else None
 
 
 def score_files(

@@ -16,7 +16,8 @@ import keras
 import numpy as np
 
 from crackcls.data import manifest
-from crackcls.model.inference import predict_files, predict_with_features
+from crackcls.data.decoded import decoded_images
+from crackcls.model.inference import model_input_size, predict_decoded
 from crackcls.trust import calibration, familiarity, thresholds
 from crackcls.trust.companions import Companions
 from crackcls.util import paths
@@ -43,13 +44,13 @@ class Fitted:
 def _features(model: keras.Model, split: str, batch_size: int, workspace: Path) -> Scored:
     """Readable files of a split, with their labels, probabilities, familiarity features and sources."""
     items = manifest.read(manifest.manifest_path(split, workspace / paths.SPLIT_DIR))
-    files = [it.path for it in items]
-    probs, ok, feats = predict_with_features(model, files, batch_size, base=workspace)
     if not items:
         return Scored([], np.zeros(0, int), np.zeros(0), np.zeros((0, 0), np.float32), [], [])
-    kept = [it for it, good in zip(items, ok) if good]
+    decoded = decoded_images([it.path for it in items], model_input_size(model), base=workspace, desc=f"decode {split}")
+    probs, feats = predict_decoded(model, decoded, batch_size)
+    kept = [it for it, good in zip(items, decoded.kept) if good]
     labels = np.asarray([it.label for it in kept], int)
-    return Scored([it.path for it in kept], labels, probs[ok], feats[ok], [it.source for it in kept], [it.parent for it in kept])
+    return Scored([it.path for it in kept], labels, probs, feats, [it.source for it in kept], [it.parent for it in kept])
 
 
 def fit(
@@ -83,7 +84,8 @@ def fit(
     target = target_recall
     if target is not None:
         # the calibrated model's own outputs, as predict and the server will compute them
-        val_prob, _ = predict_files(model, val_files, batch_size, base=workspace)
+        decoded = decoded_images(val_files, model_input_size(model), base=workspace)  # the readable ones, cached
+        val_prob, _ = predict_decoded(model, decoded, batch_size, with_features=False)
         threshold = thresholds.for_recall(val_labels, val_prob, target)
         metrics["val_recall_at_threshold"] = thresholds.recall_at(val_labels, val_prob, threshold)
     metrics["decision_threshold"] = threshold

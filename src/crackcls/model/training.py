@@ -1,8 +1,10 @@
 """Fitting the classifier on the train split in one process, and saving what it learnt.
 
-From scratch (``model.weights: none``) every layer trains on images (decoded once and
-kept in memory) with the ``train.scratch`` schedule, then BatchNorm's inference
-statistics are recomputed from training images. With pretrained weights, phase 1
+Images are decoded once, into the decoded-image cache (:mod:`crackcls.data.decoded`),
+which every epoch, phase and later run at the same size reads. From scratch
+(``model.weights: none``) every layer trains on them with the ``train.scratch``
+schedule, then BatchNorm's inference statistics are recomputed from training images.
+With pretrained weights, phase 1
 trains the head with the backbone frozen: on cached features (``train.feature_cache``)
 or on images; phase 2, when ``model.fine_tune_layers > 0``, unfreezes the top backbone
 layers and continues on images at a low learning rate.
@@ -26,7 +28,8 @@ import tensorflow as tf
 
 from crackcls.data import manifest
 from crackcls.data.balance import balance_weights, emphasised, hard_negatives
-from crackcls.data.pipeline import manifest_dataset
+from crackcls.data.decoded import DecodedImages, decoded_images
+from crackcls.data.pipeline import batches_per_epoch, decoded_dataset
 from crackcls.model import features, runtime
 from crackcls.model.build import (
     CrackModel,
@@ -38,7 +41,7 @@ from crackcls.model.build import (
     rebuilt,
     unfreeze_top,
 )
-from crackcls.model.inference import predict_files
+from crackcls.model.inference import predict_decoded
 from crackcls.model.settings import ModelConfig, TrainConfig
 from crackcls.trust import companions
 from crackcls.util import atomic, paths, plots
@@ -216,7 +219,7 @@ def _fit_on_images(
     *,
     scratch: bool = False,
 ) -> dict[str, list[float]]:
-    """Fit the whole model on decoded images; ``scratch`` uses the from-scratch recipe and keeps images in memory."""
+    """Fit the whole model on decoded images; ``scratch`` uses the from-scratch recipe."""
     train_items = items[0]
     if not train_items:
         raise CrackclsError("the train split is empty; adjust data.split ratios")
@@ -227,7 +230,7 @@ def _fit_on_images(
         rate = learning_rate_schedule(recipe.learning_rate, recipe.schedule, steps, epochs, recipe.warmup_epochs)
     _compile_whole(crack, train, rate, scratch)
     weights = balance_weights(train_items, train.balance)
-    return _train_images(crack, model, train, items, workspace, weights, callbacks, first_epoch, epochs, scratch)
+    return _train_images(crack, model, train, items, workspace, weights, callbacks, first_epoch, epochs)
 
 
 def _compile_whole(
@@ -242,20 +245,37 @@ def _compile_whole(
 
 def _train_images(
     crack: CrackModel, model: ModelConfig, train: TrainConfig, items: tuple[list, list], workspace: Path,
-    weights: np.ndarray | None, callbacks: list, first_epoch: int, epochs: int, in_memory: bool,
+    weights: np.ndarray | None, callbacks: list, first_epoch: int, epochs: int,
 ) -> dict[str, list[float]]:  # fmt: skip
-    """Fit the compiled model on decoded (train, val) images; ``in_memory`` keeps them decoded between epochs."""
+    """Fit the compiled model on the (train, val) images, read from the decoded-image cache."""
     size, batch, seed = model.image_size, train.batch_size, train.seed
     train_items, val_items = items
+    train_decoded = decoded_split(train_items, size, workspace, "train")
+    if not train_decoded.kept.any():
+        raise CrackclsError(f"none of the {len(train_items)} training images could be decoded; see `dvc repro split`'s skip list")
+    train_labels = [it.label for it in train_items]
+    train_set = decoded_dataset(train_decoded, batch, train_labels, shuffle_seed=seed, weights=weights, repeat=True)
+    val_set, val_steps = None, None
+    val_decoded = decoded_split(val_items, size, workspace, "val") if val_items else None
+    if val_decoded is not None and val_decoded.kept.any():
+        val_set = decoded_dataset(val_decoded, batch, [it.label for it in val_items], repeat=True)
+        val_steps = batches_per_epoch(val_decoded, batch)
     return crack.model.fit(
-        manifest_dataset(train_items, size, batch, shuffle_seed=seed, base=workspace, cache=in_memory, weights=weights),
-        validation_data=manifest_dataset(val_items, size, batch, base=workspace, cache=in_memory) if val_items else None,
+        train_set,
+        steps_per_epoch=batches_per_epoch(train_decoded, batch),
+        validation_data=val_set,
+        validation_steps=val_steps,
         initial_epoch=first_epoch,
         epochs=first_epoch + epochs,
         callbacks=callbacks,
         shuffle=False,  # the dataset shuffles itself, seeded
         verbose=2,
     ).history
+
+
+def decoded_split(items: list, size: int, workspace: Path, split: str) -> DecodedImages:
+    """A split's images decoded once at ``size``, shared by every epoch, phase and later run (:mod:`crackcls.data.decoded`)."""
+    return decoded_images([it.path for it in items], size, base=workspace, desc=f"decode {split}")
 
 
 def _fit_hard_negatives(
@@ -289,13 +309,15 @@ def _fit_hard_negatives(
         history = _train_head(crack, train, cached, weights, callbacks, first_epoch, config.epochs)
     else:
         scored = items[0]
-        scores, readable = predict_files(crack.model, [it.path for it in scored], train.batch_size, base=workspace)
-        scores = np.where(readable, scores, 0.0)  # an unreadable image is skipped by the dataset, never hard
+        decoded = decoded_split(scored, model.image_size, workspace, "train")
+        readable = decoded.kept
+        scores = np.zeros(len(scored))  # an unreadable image is skipped by the dataset, never hard
+        scores[readable] = predict_decoded(crack.model, decoded, train.batch_size, with_features=False)[0]
         hard = hard_negatives(scored, scores, config.share) & readable
         scratch = from_scratch(model)
         _compile_whole(crack, train, rate, scratch)
         weights = emphasised(balance_weights(scored, train.balance), hard, config.weight)
-        history = _train_images(crack, model, train, items, workspace, weights, callbacks, first_epoch, config.epochs, scratch)
+        history = _train_images(crack, model, train, items, workspace, weights, callbacks, first_epoch, config.epochs)
     negatives = np.asarray([it.label == 0 for it in scored])
     figures = {
         "hard_negative_images": float(hard.sum()),
@@ -310,10 +332,8 @@ def recalibrate_batchnorm(crack: CrackModel, model: ModelConfig, train: TrainCon
     batches = train.scratch.batchnorm_recalibration_batches
     if batches == 0:
         return 0
-    images = manifest_dataset(
-        train_items, model.image_size, train.batch_size, shuffle_seed=train.seed, base=workspace
-    )
-    return calibrate_batchnorm(crack, (x for x, _ in images.take(batches)))
+    images = decoded_dataset(decoded_split(train_items, model.image_size, workspace, "train"), train.batch_size, shuffle_seed=train.seed)
+    return calibrate_batchnorm(crack, images.take(batches))
 
 
 def merge_phases(phases: list[tuple[str, dict[str, list[float]]]]) -> dict[str, list]:
