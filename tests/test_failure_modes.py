@@ -253,6 +253,34 @@ def test_every_backbone_accepts_the_smallest_allowed_image_size():
             parse_config({"model": {"backbone": backbone, "image_size": MIN_IMAGE_SIZE - 1}})
 
 
+def test_features_stage_offline_with_imagenet_weights_names_the_fixes(tiny_project, tmp_path, monkeypatch, capsys):
+    """params.yaml's default (an ImageNet backbone) on a machine with no network: one clear error, no traceback."""
+    import urllib.error
+
+    from keras.src.backend import config as keras_config
+    from keras.src.utils import file_utils
+
+    from crackcls.stages import features
+
+    def no_network(url, *args, **kwargs):
+        raise urllib.error.URLError("[Errno -3] Temporary failure in name resolution")
+
+    monkeypatch.setattr(file_utils, "urlretrieve", no_network)
+    (tmp_path / "keras-home").mkdir()
+    monkeypatch.setattr(keras_config, "_KERAS_DIR", str(tmp_path / "keras-home"))  # an empty cache: Keras must download
+    write_params(tiny_project, deep_merge(TINY_PARAMS, {"model": {"backbone": "mobilenet_v2", "weights": "imagenet"}}))
+    with pytest.raises(SystemExit) as caught:
+        features.main()
+    assert caught.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: could not download the ImageNet weights of mobilenet_v2 from https://"), err
+    assert "Temporary failure in name resolution" in err and "Traceback" not in err
+    assert "model.weights: none" in err and "point model.weights at a weights file" in err
+    cache = tmp_path / "keras-home" / "models"
+    assert f"into Keras' cache folder, {cache}" in err
+    _assert_untouched(tiny_project)
+
+
 def _assert_untouched(project: Path) -> None:
     created = sorted(p.name for p in project.iterdir() if p.name not in {"params.yaml", "dvc.yaml", "sample"})
     assert created == [], f"a stage with bad params created {created}"

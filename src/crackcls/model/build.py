@@ -20,7 +20,10 @@ Two ways to train (chosen by ``model.weights``):
 
 from __future__ import annotations
 
+import os
+import tempfile
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable, Iterable
 
 import keras
@@ -28,6 +31,7 @@ from keras import layers, ops
 
 from crackcls.model.settings import MIN_IMAGE_SIZE, ModelConfig, TrainConfig
 from crackcls.util import paths
+from crackcls.util.errors import CrackclsError
 
 IMAGENET_BGR_MEAN = (103.939, 116.779, 123.68)
 
@@ -121,7 +125,47 @@ def build_backbone(config: ModelConfig) -> keras.Model:
     options = dict(spec.options)
     if config.backbone == "compact_cnn":
         options.update(filters=tuple(config.compact.filters), stem_stride=config.compact.stem_stride)
-    return spec.build(include_top=False, weights=weights, input_shape=(size, size, 3), **options)
+    try:
+        return spec.build(include_top=False, weights=weights, input_shape=(size, size, 3), **options)
+    except Exception as exc:  # Keras raises a bare Exception when get_file cannot fetch
+        if weights == "imagenet" and str(exc).startswith(KERAS_FETCH_FAILURE):
+            raise imagenet_weights_unavailable(config.backbone, str(exc)) from None
+        raise
+
+
+# What keras.utils.get_file's message starts with when a download fails.
+KERAS_FETCH_FAILURE = "URL fetch failure on "
+
+
+def keras_weights_folder() -> Path:
+    """Where keras.utils.get_file looks for application weights before fetching them.
+
+    ``$KERAS_HOME`` (read when Keras is imported) or ``~/.keras``, falling back to the
+    temporary folder when that is read-only, as get_file does; then ``models/``.
+    """
+    from keras.src.backend.config import keras_home  # Keras has no public accessor
+
+    home = Path(keras_home()).expanduser()
+    if not os.access(home, os.W_OK):
+        home = Path(tempfile.gettempdir()) / ".keras"
+    return home / "models"
+
+
+def imagenet_weights_unavailable(backbone: str, keras_message: str) -> CrackclsError:
+    """An offline site's first run: say what failed and the three ways on, not Keras's traceback."""
+    origin, _, reason = keras_message[len(KERAS_FETCH_FAILURE):].partition(": ")
+    status, _, detail = reason.partition(" -- ")  # an HTTP status or errno, then the reason
+    reason = detail if status in ("None", "") else f"{status} {detail}"
+    file_name = origin.rsplit("/", 1)[-1]
+    return CrackclsError(
+        f"could not download the ImageNet weights of {backbone} from {origin} ({reason}); "
+        "this machine may have no network. Any one of these fixes it:\n"
+        "  - train from scratch, with no download: model.backbone: compact_cnn and model.weights: none "
+        "(dvc exp run -S model.backbone=compact_cnn -S model.weights=none);\n"
+        f"  - point model.weights at a weights file of {backbone} that you have (a path in params.yaml);\n"
+        f"  - copy {file_name} from a machine with network into Keras' cache folder, "
+        f"{keras_weights_folder()}, where Keras finds it without downloading."
+    )
 
 
 def augmentation(train: TrainConfig) -> list[layers.Layer]:
