@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import functools
+import json
+
 import numpy as np
 import pytest
 
@@ -184,3 +187,74 @@ def test_photos_of_different_shapes_fit_and_score_as_the_same_photos_in_one_arra
     masks = [photo_rule.crack_mask(g, fitted.rule) for g in grids]
     tp = sum(int((m & t).sum()) for m, t in zip(masks, truths))
     assert scored["tile_recall"] == pytest.approx(tp / sum(int(t.sum()) for t in truths))
+
+
+def _whole_grid_split(parents: int, rows: int = 13):
+    """Validation tiles of ``parents`` whole-grid photos (a crack along row 5) plus loose Mendeley tiles."""
+    rng = np.random.default_rng(1)
+    files, labels, sources, parent_of, probs = [], [], [], [], []
+    for p in range(parents):
+        for n in range(1, rows * 18 + 1):
+            cracked = (n - 1) // 18 == 5 and 3 <= (n - 1) % 18 <= 12
+            files.append(f"pavements/{'Positive' if cracked else 'Negative'}/0{p:02d}-{n}.jpg")
+            labels.append(int(cracked))
+            sources.append("pavements")
+            parent_of.append(f"0{p:02d}")
+            probs.append(rng.uniform(0.6, 0.95) if cracked else rng.uniform(0.0, 0.4))
+    for i in range(40):
+        files.append(f"mendeley/{'Positive' if i % 2 else 'Negative'}/{i:05d}.jpg")
+        labels.append(i % 2)
+        sources.append("mendeley")
+        parent_of.append("")
+        probs.append(0.9 if i % 2 else 0.1)
+    return np.asarray(probs), np.asarray(labels), files, sources, parent_of
+
+
+@functools.cache
+def _fitted(parents: int) -> tuple[dict, dict]:
+    """The rule fitted on a split with ``parents`` whole grids (0: the Mendeley tiles alone), once per test run."""
+    split = _whole_grid_split(max(parents, 1))
+    if parents == 0:
+        split = tuple(part[-40:] for part in split)
+    return photo_rule.fit_on_validation(*split, 0.95)
+
+
+def test_whole_grid_parents_are_rebuilt_in_place_and_join_the_drawn_photos():
+    probs, labels, files, sources, parents = _whole_grid_split(3)
+    photos = photo_rule.whole_grid_photos(probs, labels, files, sources, parents)
+    assert photos.groups == ["pavements/000", "pavements/001", "pavements/002"]
+    assert all(grid.shape == (13, 18) for grid in photos.probabilities)
+    assert photos.truth[0][5, 3:13].all() and photos.truth[0].sum() == 10
+    assert photos.probabilities[1][0, 0] == probs[13 * 18]  # tile 1 of the second parent, top left
+    rule, figures = _fitted(3)
+    validation = rule["validation"]
+    assert validation["photos_from"] == photo_rule.FROM_BOTH
+    assert validation["photos"] == 3 + photo_rule.VALIDATION_PHOTOS  # the real ones beside the drawn ones
+    assert figures["val_scan_whole_grid_photos"] == 3.0
+    real = validation["whole_grid"]  # the rule on the real photos alone
+    assert real["photos"] == 3 and real["tile_f1"] == 1.0 and figures["val_scan_whole_grid_tile_f1"] == 1.0
+    assert "photo_false_alarm_rate" not in real  # no crack-free real photo: undefined, so left out, never NaN
+    json.dumps(rule, allow_nan=False)
+
+
+def test_without_whole_grids_the_rule_is_fitted_on_drawn_photos_alone():
+    probs, labels, files, sources, parents = _whole_grid_split(1)
+    holed = [i for i, f in enumerate(files) if not f.endswith("-7.jpg")]  # one tile missing: no longer a whole grid
+    photos, real, photos_from = photo_rule.photos_to_fit(
+        probs[holed], labels[holed], [files[i] for i in holed], [sources[i] for i in holed], [parents[i] for i in holed]
+    )
+    assert real is None and photos_from == photo_rule.FROM_TILES and len(photos.groups) == photo_rule.VALIDATION_PHOTOS
+    rule, figures = _fitted(0)
+    assert rule["validation"]["photos_from"] == photo_rule.FROM_TILES and "whole_grid" not in rule["validation"]
+    assert rule["validation"]["photos"] == photo_rule.VALIDATION_PHOTOS and figures["val_scan_whole_grid_photos"] == 0.0
+
+
+def test_the_model_card_says_which_photos_the_rule_was_fitted_on():
+    from crackcls.trust import model_card
+
+    card = model_card.render("crackcls", "1", {}, {}, {"n": 10}, {}, {}, photo_rule=_fitted(3)[0])
+    assert "## Whole-photo rule" in card and "real ones rebuilt from the validation split's whole-grid parents" in card
+    assert "on the 3 real validation photos alone: photo recall 1.0000, tile F1 1.0000" in card
+    card = model_card.render("crackcls", "1", {}, {}, {"n": 10}, {}, {}, photo_rule=_fitted(0)[0])
+    assert "photos drawn from validation tiles" in card and "real validation photos alone" not in card
+    assert "## Whole-photo rule" not in model_card.render("crackcls", "1", {}, {}, {"n": 10}, {}, {})

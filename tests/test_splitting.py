@@ -184,3 +184,54 @@ def test_split_stage_warns_when_a_source_has_too_few_parents_for_the_test_split(
     out = capsys.readouterr().out
     assert "split: site: 2 parent photos, each in one split" in out
     assert "split: WARNING: site has no test images" in out
+
+
+def grid_parent(source: str, parent: str, rows: int, cracked: set[int], skip: set[int] = frozenset()) -> list[Item]:
+    """Every tile of an SDNET2018-style parent photo (rows of 18, numbered from 1), less ``skip``."""
+    return [
+        Item(f"{source}/{'Positive' if n in cracked else 'Negative'}/{parent}-{n}.jpg", int(n in cracked), f"{source}{parent}-{n}", source, parent)
+        for n in range(1, rows * 18 + 1)
+        if n not in skip
+    ]  # fmt: skip
+
+
+def test_only_parents_with_every_tile_in_place_are_whole_grids():
+    from crackcls.data.grids import tile_number, whole_grids
+    from crackcls.data.splitting import whole_grid_groups
+
+    whole = grid_parent("decks", "7001", 14, {3, 4, 5})
+    holed = grid_parent("decks", "7002", 14, {3}, skip={200})
+    loose = [Item(f"decks/Positive/7003-{n}.jpg", 1, f"l{n}", "decks", "7003") for n in (5, 9, 40)]
+    assert tile_number("decks/Positive/7001-17.jpg") == 17 and tile_number("Positive/00017.jpg") is None
+    assert whole_grid_groups(whole + holed + loose) == ["decks/7001"]
+    grids = whole_grids([it.path for it in whole], [it.group for it in whole])
+    grid = grids["decks/7001"]
+    assert grid.shape == (14, 18) and whole[grid[0, 2]].path.endswith("-3.jpg") and whole[grid[1, 0]].path.endswith("-19.jpg")
+    doubled = whole + [Item("decks/Negative/7001-5.jpg", 0, "d", "decks", "7001")]
+    assert whole_grids([it.path for it in doubled], [it.group for it in doubled]) == {}
+    # no parent, no grid: Mendeley's numbered files are not tiles of one photo
+    assert whole_grid_groups([Item(f"m/Negative/x-{n}.jpg", 0, f"m{n}", "mendeley") for n in range(1, 37)]) == []
+
+
+def test_the_split_places_whole_grid_parents_in_validation_and_the_report_counts_them():
+    from crackcls.data.splitting import split_counts
+
+    items = []
+    for p in range(8):
+        items += grid_parent("walls", f"70{p:02d}", 14, set(range(10 + p, 30 + p)))
+    for p in range(30):  # partial parents: a few cracked tiles and as many uncracked
+        items += [Item(f"walls/Positive/71{p:02d}-{n}.jpg", 1, f"pp{p}-{n}", "walls", f"71{p:02d}") for n in range(1, 9)]
+        items += [Item(f"walls/Negative/71{p:02d}-{n}.jpg", 0, f"pn{p}-{n}", "walls", f"71{p:02d}") for n in range(50, 58)]
+    greedy = split_counts(split_by_source(items, 0.7, 0.15, 0.15, seed=3))["sources"]["walls"]["whole_grid_parents"]
+    assert greedy["val"] < 2  # the largest groups fill train first: on its own, validation gets one real photo at most
+    for asked in (2, 3):
+        parts = split_by_source(items, 0.7, 0.15, 0.15, seed=3, val_whole_grids=asked)
+        counts = split_counts(parts)["sources"]["walls"]["whole_grid_parents"]
+        assert counts["val"] == asked and sum(counts.values()) == 8
+        groups = {name: {it.group for it in part} for name, part in parts.items()}
+        assert not (groups["train"] & groups["val"]) and not (groups["val"] & groups["test"])
+    assert split_by_source(items, 0.7, 0.15, 0.15, seed=3, val_whole_grids=2) == split_by_source(
+        list(reversed(items)), 0.7, 0.15, 0.15, seed=3, val_whole_grids=2
+    )
+    no_val = split_counts(split_by_source(items, 0.7, 0.0, 0.3, seed=3, val_whole_grids=2))
+    assert no_val["val"]["total"] == 0

@@ -193,6 +193,9 @@ class SplitRatios(Section):
     train: float = Field(default=0.70, gt=0, lt=1)
     val: float = Field(default=0.15, ge=0, lt=1)
     test: float = Field(default=0.15, gt=0, lt=1)
+    val_whole_grids: int = Field(
+        default=2, ge=0, description="whole-grid parents per source placed in validation, to fit the photo rule on real photos"
+    )
 
     @model_validator(mode="after")
     def _sum_to_one(self) -> SplitRatios:

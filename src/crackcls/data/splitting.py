@@ -14,6 +14,8 @@ from collections import Counter, defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
+from crackcls.data.grids import whole_grids
+
 
 @dataclass(frozen=True)
 class Item:
@@ -105,18 +107,23 @@ def _groups(items: Iterable[Item]) -> dict[str, list[Item]]:
 SPLIT_NAMES = ("train", "val", "test")
 
 
-def split_by_source(items: list[Item], train: float, val: float, test: float, seed: int) -> dict[str, list[Item]]:
+def split_by_source(
+    items: list[Item], train: float, val: float, test: float, seed: int, val_whole_grids: int = 0
+) -> dict[str, list[Item]]:
     """Each source split on its own, so every source has its share of train, val and test.
 
     A source whose images name their parent photo is split by parent
-    (:func:`grouped_split`); the others image by image (:func:`stratified_split`).
+    (:func:`grouped_split`), with up to ``val_whole_grids`` of its whole-grid parents
+    (:mod:`crackcls.data.grids`) placed in validation first, so that the photo rule is fitted
+    on real photos; the others image by image (:func:`stratified_split`).
     """
     parts: dict[str, list[Item]] = {name: [] for name in SPLIT_NAMES}
     for members in by_source(items).values():
         # sklearn cannot stratify a class of one or two images; whole groups of one image each can
         too_few = min(sum(1 for it in members if it.label == label) for label in (0, 1)) < 3
         if too_few or any(it.parent for it in members):
-            split = grouped_split(members, train, val, test, seed)
+            reserved = whole_grid_groups(members, val_whole_grids, seed) if val > 0 else []
+            split = grouped_split(members, train, val, test, seed, reserve_val=reserved)
         else:
             split = stratified_split(members, train, val, test, seed)
         for name in SPLIT_NAMES:
@@ -124,31 +131,44 @@ def split_by_source(items: list[Item], train: float, val: float, test: float, se
     return {name: sorted(part, key=lambda it: it.path) for name, part in parts.items()}
 
 
-def grouped_split(items: list[Item], train: float, val: float, test: float, seed: int) -> dict[str, list[Item]]:
+def whole_grid_groups(items: list[Item], count: int | None = None, seed: int = 0) -> list[str]:
+    """The groups of ``items`` that are whole parent grids: all of them, or ``count`` drawn at random (seeded)."""
+    ordered = sorted(items, key=lambda it: it.path)
+    groups = sorted(whole_grids([it.path for it in ordered], [it.group if it.parent else "" for it in ordered]))
+    if count is None:
+        return groups
+    return sorted(random.Random(seed).sample(groups, min(count, len(groups))))
+
+
+def grouped_split(
+    items: list[Item], train: float, val: float, test: float, seed: int, reserve_val: Iterable[str] = ()
+) -> dict[str, list[Item]]:
     """Whole groups (parent photos) to train/val/test, near the ratios and each class's share.
 
-    Groups are visited largest first (ties in a seeded random order), and each goes to the
-    split furthest below its target, counted per class: the greedy rule of iterative
-    stratification, which keeps both the sizes and the class balance close on a few
-    dozen parents, where a random assignment of groups would not.
+    The groups named in ``reserve_val`` go to validation first. The others are visited
+    largest first (ties in a seeded random order), and each goes to the split furthest below
+    its target, counted per class: the greedy rule of iterative stratification, which keeps
+    both the sizes and the class balance close on a few dozen parents, where a random
+    assignment of groups would not.
     """
     rng = random.Random(seed)
     groups = _groups(sorted(items, key=lambda it: it.path))
-    keys = sorted(groups)
+    reserved = [key for key in sorted(set(reserve_val)) if key in groups]
+    keys = sorted(set(groups) - set(reserved))
     rng.shuffle(keys)
     keys.sort(key=lambda k: len(groups[k]), reverse=True)  # stable: the shuffle breaks ties
     ratios = dict(zip(SPLIT_NAMES, (train, val, test)))
     totals = {label: sum(1 for it in items if it.label == label) for label in (0, 1)}
     filled = {name: {0: 0, 1: 0} for name in SPLIT_NAMES}
     parts: dict[str, list[Item]] = {name: [] for name in SPLIT_NAMES}
-    for key in keys:
+    for key in reserved + keys:
         members = groups[key]
         counts = {label: sum(1 for it in members if it.label == label) for label in (0, 1)}
 
         def deficit(name: str) -> float:
             return sum(ratios[name] * totals[lab] - filled[name][lab] for lab in (0, 1) if counts[lab])
 
-        target = max((n for n in SPLIT_NAMES if ratios[n] > 0), key=lambda n: (deficit(n), ratios[n]))
+        target = "val" if key in reserved else max((n for n in SPLIT_NAMES if ratios[n] > 0), key=lambda n: (deficit(n), ratios[n]))
         parts[target].extend(members)
         for label in (0, 1):
             filled[target][label] += counts[label]
@@ -200,5 +220,9 @@ def split_counts(parts: dict[str, list[Item]]) -> dict:
             entry[name] = counts([it for it in part if it.source == source])
         if parents := {it.parent for it in members if it.parent}:
             entry["parents"] = len(parents)
+            if whole := set(whole_grid_groups(members)):
+                entry["whole_grid_parents"] = {
+                    name: len({it.group for it in part if it.source == source and it.group in whole}) for name, part in parts.items()
+                }
         report["sources"][source] = entry
     return report

@@ -12,8 +12,9 @@ photo's scores are lowered by however much median plus margin exceeds the tile t
 (:func:`adjusted`), so one threshold still decides, and a photo whose median is low is
 read exactly as without it.
 
-:func:`fit` chooses the rule at training time on validation photos built from the
-validation split (:func:`validation_photos`), never from the test split: among the rules
+:func:`fit` chooses the rule at training time on validation photos, never on the test
+split: the real photos of the validation split's whole-grid parents where it holds some
+(:func:`whole_grid_photos`) beside photos drawn from its tiles (:func:`validation_photos`). Among the rules
 that find at least ``target_photo_recall`` of the cracked photos, the one with the best
 tile F1, then the fewest false alarms on crack-free photos.
 """
@@ -27,6 +28,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 from scipy import ndimage
 
+from crackcls.data.grids import whole_grids
 from crackcls.util.errors import CrackclsError
 
 CONNECTIVITY = (4, 8)
@@ -39,6 +41,7 @@ CRACK_LENGTHS = (3, 60)
 MIN_REGION_CHOICES = (1, 2, 3, 4)
 BACKGROUND_MARGIN_CHOICES = (None, 0.0, 0.05, 0.1, 0.2, 0.3)
 DEFAULT_TARGET_PHOTO_RECALL = 0.95
+FROM_TILES, FROM_BOTH = "validation tiles", "whole-grid parents and validation tiles"
 
 
 @dataclass(frozen=True)
@@ -237,6 +240,40 @@ def validation_photos(
     return ValidationPhotos(grids, truth, groups)
 
 
+def whole_grid_photos(
+    probabilities: np.ndarray, labels: np.ndarray, files: Sequence[str], sources: Sequence[str], parents: Sequence[str]
+) -> ValidationPhotos | None:
+    """The validation split's whole-grid parents as the real photos they were cut from, or None where it has none.
+
+    Each tile takes its own probability and label at its place in the grid.
+    """
+    groups = [f"{source}/{parent}" if parent else "" for source, parent in zip(sources, parents)]
+    grids = whole_grids(files, groups)
+    if not grids:
+        return None
+    probabilities, labels = np.asarray(probabilities, np.float64), np.asarray(labels, int)
+    return ValidationPhotos([probabilities[i] for i in grids.values()], [labels[i] == 1 for i in grids.values()], list(grids))
+
+
+def photos_to_fit(
+    probabilities: np.ndarray, labels: np.ndarray, files: Sequence[str], sources: Sequence[str], parents: Sequence[str]
+) -> tuple[ValidationPhotos, ValidationPhotos | None, str]:
+    """The photos to fit on, the real ones among them (None: no whole grid with a crack), and which they are.
+
+    Real photos join the drawn ones rather than replace them: a few whole grids, seldom one
+    without a crack, cannot hold false alarms down, and the drawn photos' crack-free quarter
+    does. (A whole grid with a crack also has uncracked tiles, so photos can always be drawn.)
+    """
+    drawn = validation_photos(probabilities, labels, sources, parents)
+    real = whole_grid_photos(probabilities, labels, files, sources, parents)
+    if real is None or not real.cracked().any():
+        return drawn, None, FROM_TILES
+    both = ValidationPhotos(
+        [*real.probabilities, *drawn.probabilities], [*real.truth, *drawn.truth], real.groups + drawn.groups
+    )
+    return both, real, FROM_BOTH
+
+
 @dataclass
 class FittedRule:
     rule: PhotoRule
@@ -341,24 +378,31 @@ def _rules_at(
 
 
 def fit_on_validation(
-    probabilities: np.ndarray, labels: np.ndarray, sources: Sequence[str], parents: Sequence[str],
+    probabilities: np.ndarray, labels: np.ndarray, files: Sequence[str], sources: Sequence[str], parents: Sequence[str],
     target_photo_recall: float, connectivity: int = 8,
 ) -> tuple[dict | None, dict[str, float]]:  # fmt: skip
     """The rule to store with a model (None where the split cannot make photos), and its figures for MLflow.
 
     ``probabilities`` are the validation split's, calibrated as the saved model gives them.
-    The stored rule carries what it measured on the validation photos under ``validation``.
+    The stored rule carries what it measured on the validation photos under ``validation``,
+    with ``photos_from``: the whole-grid parents or the validation tiles.
     """
     if not len(probabilities):
         return None, {}
     try:
-        photos = validation_photos(probabilities, labels, sources, parents)
+        photos, real, photos_from = photos_to_fit(probabilities, labels, files, sources, parents)
     except CrackclsError:
         return None, {}
     fitted = fit(photos, target_photo_recall, connectivity)
-    validation = {key: round(float(v), 6) for key, v in fitted.metrics.items()}
-    rule = {**fitted.rule.as_dict(), "validation": {**validation, "reached_target": fitted.reached_target}}
+    validation = {key: int(v) if key == "photos" else round(float(v), 6) for key, v in fitted.metrics.items()}
+    validation.update(reached_target=fitted.reached_target, photos_from=photos_from)
     figures = {f"val_scan_{key}": float(value) for key, value in fitted.metrics.items() if key != "target_photo_recall"}
     figures["val_scan_reached_target"] = float(fitted.reached_target)
+    figures["val_scan_whole_grid_photos"] = float(len(real.groups) if real is not None else 0)
+    if real is not None:  # the rule on the real photos alone: what it does on photos, not on drawn ones
+        on_real = {key: float(v) for key, v in evaluate_rule(real, fitted.rule, connectivity).items() if not np.isnan(v)}
+        validation["whole_grid"] = {key: int(v) if key == "photos" else round(v, 6) for key, v in on_real.items()}
+        figures.update({f"val_scan_whole_grid_{key}": v for key, v in on_real.items() if key != "photos"})
+    rule = {**fitted.rule.as_dict(), "validation": validation}
     figures.update({f"scan_{key}": float(value) for key, value in fitted.rule.as_dict().items() if value is not None})
     return rule, figures

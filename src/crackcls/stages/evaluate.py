@@ -85,12 +85,15 @@ def run(config: Config, workspace: Path) -> dict:
     name, version = run_info["registered_model"], str(run_info["registered_model_version"])
     registry.tag_version_with_test_metrics(name, version, test.metrics, test.by_source)
     card = workspace / CARD_FILE
-    atomic.write_text(card, model_card_text(config, workspace, name, version, test, extra_summary))
+    card_text = model_card_text(config, workspace, name, version, test, extra_summary, companions.of(model).photo_rule)
+    atomic.write_text(card, card_text)
     registry.publish_model_card(name, version, run_info["run_id"], card)
     return {"test": test, "extra": extra, "warnings": warnings, "gallery": gallery, "card": card}
 
 
-def model_card_text(config: Config, workspace: Path, name: str, version: str, test: Evaluation, extra: dict) -> str:
+def model_card_text(
+    config: Config, workspace: Path, name: str, version: str, test: Evaluation, extra: dict, photo_rule: dict | None = None
+) -> str:
     metrics = test.metrics
     return model_card.render(
         name,
@@ -101,6 +104,7 @@ def model_card_text(config: Config, workspace: Path, name: str, version: str, te
         {k: metrics.get(k) for k in ("threshold", "target_recall", "temperature", "ece", "ece_uncalibrated")},
         extra,
         {source: json_safe(values) for source, values in test.by_source.items()},
+        photo_rule,
     )
 
 

@@ -30,7 +30,8 @@ def run(config: Config, workspace: Path) -> dict:
             raise CrackclsError(f"no usable {name} images found in any source; check data/raw/*/{name}")
     caps = {folder.source: folder.max_per_class for folder in folders if folder.max_per_class}
     selected = cap_per_class(unique, data.max_per_class, data.seed, caps)
-    parts = split_by_source(selected, data.split.train, data.split.val, data.split.test, data.seed)
+    ratios = data.split
+    parts = split_by_source(selected, ratios.train, ratios.val, ratios.test, data.seed, ratios.val_whole_grids)
 
     split_dir = workspace / paths.SPLIT_DIR
     with atomic.atomic_dir(split_dir) as staging:
@@ -43,6 +44,7 @@ def run(config: Config, workspace: Path) -> dict:
         "label_conflicts_removed": dedupe.label_conflicts,
         "skipped": skips.count,  # by reason and by file in split_skipped.json: DVC metrics hold numbers only
         "total": sum(len(p) for p in parts.values()),
+        "val_whole_grids": ratios.val_whole_grids,  # asked per source; each source's whole_grid_parents says where they went
         **split_counts(parts),
     }
     atomic.write_json(workspace / paths.REPORTS_DIR / "split.json", report)
@@ -65,7 +67,9 @@ def main() -> None:
     )
     for name, counts in report["sources"].items():
         if counts.get("parents"):
-            print(f"split: {name}: {counts['parents']} parent photos, each in one split")
+            whole = counts.get("whole_grid_parents")
+            grids = f"; whole grids (train/val/test): {whole['train']}/{whole['val']}/{whole['test']}" if whole else ""
+            print(f"split: {name}: {counts['parents']} parent photos, each in one split{grids}")
         if not counts["test"]["total"]:
             print(f"split: WARNING: {name} has no test images; the test metrics say nothing about it")
 

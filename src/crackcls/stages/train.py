@@ -81,7 +81,7 @@ def with_photo_rule(fitted: posttrain.Fitted, config: Config) -> tuple[Companion
         return fitted.companions, {}
     val = fitted.validation
     rule, figures = photo_rule.fit_on_validation(
-        val.probabilities, val.labels, val.sources, val.parents, config.scan.target_photo_recall, config.scan.connectivity
+        val.probabilities, val.labels, val.files, val.sources, val.parents, config.scan.target_photo_recall, config.scan.connectivity
     )
     return dataclasses.replace(fitted.companions, photo_rule=rule), figures
 

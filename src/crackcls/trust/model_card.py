@@ -68,6 +68,40 @@ def _metric_rows(metrics: Mapping[str, object]) -> list[str]:
     return rows
 
 
+PHOTOS_FROM = {
+    "validation tiles": "photos drawn from validation tiles (the validation split holds no whole-grid parent photos)",
+    "whole-grid parents and validation tiles": "validation photos: real ones rebuilt from the validation split's "
+    "whole-grid parents, beside ones drawn from validation tiles",
+}
+
+
+def _photo_rule_lines(rule: Mapping[str, object]) -> list[str]:
+    """What ``scan`` decides photos with, and what the photos it was fitted on were."""
+    fit: Mapping[str, object] = rule.get("validation") or {}  # type: ignore[assignment]
+    margin = rule.get("background_margin")
+    lines = [
+        f"- tile threshold {_value(rule.get('tile_threshold'))}; a region counts with at least "
+        f"{_value(rule.get('min_region_tiles'))} tiles or a peak of {_value(rule.get('peak_threshold'))}"
+        + (f"; a tile must also reach its photo's median plus {_value(margin)}" if margin is not None else ""),
+    ]
+    if fit:
+        source = PHOTOS_FROM.get(str(fit.get("photos_from")), "validation photos")
+        lines += [
+            f"- fitted on {_value(fit.get('photos'))} {source}",
+            f"- on them: photo recall {_value(fit.get('photo_recall'))} (target {_value(fit.get('target_photo_recall'))}"
+            f"{'' if fit.get('reached_target', True) else ', not reached'}), tile F1 {_value(fit.get('tile_f1'))}, "
+            f"{_value(fit.get('fp_tiles_per_photo'))} false crack tiles per photo",
+        ]
+        real: Mapping[str, object] = fit.get("whole_grid") or {}  # type: ignore[assignment]
+        if real:
+            lines.append(
+                f"- on the {_value(real.get('photos'))} real validation photos alone: photo recall "
+                f"{_value(real.get('photo_recall'))}, tile F1 {_value(real.get('tile_f1'))}, "
+                f"{_value(real.get('fp_tiles_per_photo'))} false crack tiles per photo"
+            )
+    return lines
+
+
 def render(
     name: str,
     version: str,
@@ -77,9 +111,10 @@ def render(
     decision: Mapping[str, object],
     extra_sets: Mapping[str, Mapping[str, object]],
     sources: Mapping[str, Mapping[str, object]] | None = None,
+    photo_rule: Mapping[str, object] | None = None,
 ) -> str:
     """The card as Markdown. ``decision``: threshold, target_recall, temperature, ece, ece_uncalibrated;
-    ``sources``: the test split's metrics per source."""
+    ``sources``: the test split's metrics per source; ``photo_rule``: the stored whole-photo rule."""
     lines = [f"# {name} version {version}", "", "## Intended use", "", INTENDED_USE, ""]
     lines += ["## Data", "", "Split manifests (md5, as in `dvc.lock`):", ""]
     lines += [f"- `{split}.csv`: `{digest}`" for split, digest in data.items()] or ["- unknown"]
@@ -107,6 +142,8 @@ def render(
         f"({_value(test.get('unfamiliar_fraction'))})",
         f"- the test split as a set against the validation images: {shift_cell(test)}",
     ]
+    if photo_rule:
+        lines += ["", "## Whole-photo rule", ""] + _photo_rule_lines(photo_rule)
     if extra_sets:
         lines += ["", "## Other image sets", ""]
         lines += [
