@@ -29,6 +29,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
 SHARED_SAMPLE = SHARED_DATA / "concrete-crack-sample"
 SHARED_SDNET = SHARED_DATA / "sdnet2018-sample"
+SHARED_SDNET_PARENTS = SHARED_DATA / "sdnet2018-parents"  # every cracked tile of 165 parents, 24 whole grids
 PAINTED_WALL = SHARED_DATA / "other-surfaces" / "painted-wall"
 BUNDLED_SAMPLE = REPO_ROOT / "sample" / "mendeley"
 RESULTS = REPO_ROOT / "bench" / "results"

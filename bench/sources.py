@@ -1,8 +1,9 @@
 """Two sources: Mendeley and SDNET2018 trained together from scratch, split by parent photo, beside a Mendeley-only model.
 
-    python bench/sources.py                   # the shared Mendeley 4,000 and SDNET2018 3,000
+    python bench/sources.py                   # the shared Mendeley 4,000 and SDNET2018's 165 parents (16,056 tiles)
+    python bench/sources.py --sdnet ../shared/data/sdnet2018-sample   # the earlier 3,000-tile row
     python bench/sources.py --recipe '{"train": {"epochs": 30, "patience": 6}}'
-    python bench/sources.py --quick           # the bundled samples, a few epochs
+    python bench/sources.py --quick           # the smaller samples, a few epochs
 
 The whole pipeline from scratch (``compact_cnn``, params.yaml's recipe unless ``--recipe``
 changes it): per-source test accuracy, balanced accuracy and recall with 95% intervals,
@@ -53,7 +54,7 @@ def main() -> None:
     parser = harness.parser(__doc__, "sources")
     harness.data_argument(parser)
     parser.add_argument("--sdnet", type=Path, default=None,
-                        help="SDNET2018 tiles as <surface>/<Positive|Negative>/<parent>-<tile>.jpg (default: the shared sample, else sample/sdnet2018)")  # fmt: skip
+                        help="SDNET2018 tiles as <surface>/<Positive|Negative>/<parent>-<tile>.jpg (default: the shared sdnet2018-parents, else the shared sample, else sample/sdnet2018)")  # fmt: skip
     parser.add_argument("--size", type=int, default=96)
     parser.add_argument("--epochs", type=int, default=15)
     parser.add_argument("--batch", type=int, default=32)
@@ -62,7 +63,9 @@ def main() -> None:
     if args.quick:
         args.size, args.epochs = 48, 2
     mendeley = harness.default_data(args.data)
-    sdnet = args.sdnet or (harness.SHARED_SDNET if (harness.SHARED_SDNET / "decks").is_dir() else harness.REPO_ROOT / "sample" / "sdnet2018")
+    candidates = (harness.SHARED_SDNET,) if args.quick else (harness.SHARED_SDNET_PARENTS, harness.SHARED_SDNET)
+    shared = [folder for folder in candidates if (folder / "decks").is_dir()]
+    sdnet = args.sdnet or (shared[0] if shared else harness.REPO_ROOT / "sample" / "sdnet2018")
     runs = {}
     with harness.scratch() as work:
         for name, tiles in (("two_sources", sdnet), ("mendeley_only", None)):
