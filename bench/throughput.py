@@ -110,14 +110,13 @@ def peak(size: int, batch: int, stem_stride: int, precision: str) -> dict:
         for _ in range(10):
             step().numpy()
         best = min(best, (time.perf_counter() - started) / 10)
-    per_conv = [2.0 * o[1] * o[2] * o[3] * k[0] * k[1] * k[2] for _, k, o, _ in shapes]
-    conv_training = 3 * sum(per_conv) - per_conv[0]  # as timed: no input gradient for the first
+    _, conv_training = training_flops(crack.backbone)  # as timed: its convolutions, no input gradient for the first
     return {"policy": policy, "step_ms": round(best * 1e3, 2), "peak_gflop_s": round(conv_training * batch / best / 1e9, 1)}
 
 
 def decoded_training_set(project: Path, size: int):  # noqa: ANN201 - (DecodedImages, labels)
     from crackcls.data import manifest
-    from crackcls.model.training import decoded_split
+    from crackcls.data.decoded import decoded_split
     from crackcls.util import paths
 
     items = manifest.read(manifest.manifest_path("train", project / paths.SPLIT_DIR))
@@ -162,14 +161,11 @@ def epoch_timer(seconds: list[float]):  # noqa: ANN201 - a keras.callbacks.Callb
     """A callback that appends each epoch's wall seconds to ``seconds``."""
     import keras
 
-    class EpochTimes(keras.callbacks.Callback):
-        def on_epoch_begin(self, epoch, logs=None):  # type: ignore[override]
-            self.started = time.perf_counter()
-
-        def on_epoch_end(self, epoch, logs=None):  # type: ignore[override]
-            seconds.append(time.perf_counter() - self.started)
-
-    return EpochTimes()
+    started: list[float] = []
+    return keras.callbacks.LambdaCallback(
+        on_epoch_begin=lambda epoch, logs: started.append(time.perf_counter()),
+        on_epoch_end=lambda epoch, logs: seconds.append(time.perf_counter() - started[-1]),
+    )
 
 
 def split_rates(project: Path, size: int, batch: int, stem_stride: int, precision: str) -> dict:

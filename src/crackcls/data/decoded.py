@@ -31,6 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from crackcls.data import images
+from crackcls.data.splitting import Item
 from crackcls.util import atomic, paths, progress
 
 FORMAT_VERSION = 1  # bump when the stored layout or the decoder's output changes
@@ -121,6 +122,11 @@ def decoded_images(
     if built is None:  # only a concurrent writer that replaced it mid-read could cause this
         raise OSError(f"decoded-image cache entry {folder} could not be read back")
     return built
+
+
+def decoded_split(items: Sequence[Item], size: int, workspace: Path, split: str) -> DecodedImages:
+    """A split's images decoded once at ``size``, shared by every epoch, phase, fit and later run."""
+    return decoded_images([it.path for it in items], size, base=workspace, desc=f"decode {split}")
 
 
 def _build(staging: Path, files: list[Path], size: int, desc: str) -> None:

@@ -117,6 +117,8 @@ def decoded_dataset(
     give Keras ``steps_per_epoch`` and it keeps one iterator for the whole fit, where a
     new iterator per epoch (a finite dataset) stalls each epoch's start for seconds.
     """
+    if weights is not None and labels is None:
+        raise ValueError("weights need labels")
     rows = decoded.rows
     pixels = decoded.images
     ds = tf.data.Dataset.from_tensor_slices(rows.astype(np.int64))
@@ -133,13 +135,12 @@ def decoded_dataset(
         batch.set_shape((None, size, size, 3))
         return tf.cast(batch, tf.float32)
 
-    columns = [np.asarray(c, np.float32) for c in (labels, weights) if c is not None]
-    if weights is not None and labels is None:
-        raise ValueError("weights need labels")
-    tables = [tf.constant(c) for c in columns]
-    ds = ds.map(lambda index: (load(index), *(tf.gather(t, index) for t in tables)), num_parallel_calls=AUTOTUNE, deterministic=True)
-    if not tables:
-        ds = ds.map(lambda images: images)
+    tables = [tf.constant(np.asarray(c, np.float32)) for c in (labels, weights) if c is not None]
+
+    def batch_of(index: tf.Tensor):  # noqa: ANN202 - images alone, or a tuple with their labels (and weights)
+        return (load(index), *(tf.gather(t, index) for t in tables)) if tables else load(index)
+
+    ds = ds.map(batch_of, num_parallel_calls=AUTOTUNE, deterministic=True)
     return (ds.repeat() if repeat else ds).prefetch(AUTOTUNE)
 
 

@@ -17,6 +17,11 @@ from dataclasses import dataclass, field
 from crackcls.data.grids import whole_grids
 
 
+def parent_group(source: str, parent: str) -> str:
+    """The key of the parent photo ``parent`` of ``source`` ("" for an image with no parent named)."""
+    return f"{source}/{parent}" if parent else ""
+
+
 @dataclass(frozen=True)
 class Item:
     path: str
@@ -28,7 +33,7 @@ class Item:
     @property
     def group(self) -> str:
         """What must stay in one split: the parent photo, or the image itself."""
-        return f"{self.source}/{self.parent}" if self.parent else f"{self.source}//{self.path}"
+        return parent_group(self.source, self.parent) or f"{self.source}//{self.path}"
 
 
 @dataclass
@@ -134,7 +139,7 @@ def split_by_source(
 def whole_grid_groups(items: list[Item], count: int | None = None, seed: int = 0) -> list[str]:
     """The groups of ``items`` that are whole parent grids: all of them, or ``count`` drawn at random (seeded)."""
     ordered = sorted(items, key=lambda it: it.path)
-    groups = sorted(whole_grids([it.path for it in ordered], [it.group if it.parent else "" for it in ordered]))
+    groups = sorted(whole_grids([it.path for it in ordered], [parent_group(it.source, it.parent) for it in ordered]))
     if count is None:
         return groups
     return sorted(random.Random(seed).sample(groups, min(count, len(groups))))

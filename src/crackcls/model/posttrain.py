@@ -16,7 +16,7 @@ import keras
 import numpy as np
 
 from crackcls.data import manifest
-from crackcls.data.decoded import decoded_images
+from crackcls.data.decoded import DecodedImages, decoded_split
 from crackcls.model.inference import model_input_size, predict_decoded
 from crackcls.trust import calibration, familiarity, thresholds
 from crackcls.trust.companions import Companions
@@ -41,16 +41,17 @@ class Fitted:
     validation: Scored  # the validation split, its probabilities calibrated as the saved model gives them
 
 
-def _features(model: keras.Model, split: str, batch_size: int, workspace: Path) -> Scored:
-    """Readable files of a split, with their labels, probabilities, familiarity features and sources."""
+def _features(model: keras.Model, split: str, batch_size: int, workspace: Path) -> tuple[Scored, DecodedImages | None]:
+    """Readable files of a split, with their labels, probabilities, familiarity features and sources; and their pixels."""
     items = manifest.read(manifest.manifest_path(split, workspace / paths.SPLIT_DIR))
     if not items:
-        return Scored([], np.zeros(0, int), np.zeros(0), np.zeros((0, 0), np.float32), [], [])
-    decoded = decoded_images([it.path for it in items], model_input_size(model), base=workspace, desc=f"decode {split}")
+        return Scored([], np.zeros(0, int), np.zeros(0), np.zeros((0, 0), np.float32), [], []), None
+    decoded = decoded_split(items, model_input_size(model), workspace, split)
     probs, feats = predict_decoded(model, decoded, batch_size)
     kept = [it for it, good in zip(items, decoded.kept) if good]
     labels = np.asarray([it.label for it in kept], int)
-    return Scored([it.path for it in kept], labels, probs, feats, [it.source for it in kept], [it.parent for it in kept])
+    scored = Scored([it.path for it in kept], labels, probs, feats, [it.source for it in kept], [it.parent for it in kept])
+    return scored, decoded
 
 
 def fit(
@@ -66,8 +67,8 @@ def fit(
     ``threshold`` is kept unless ``target_recall`` is set: then the threshold is the highest
     that reaches that recall on the validation split.
     """
-    val = _features(model, "val", batch_size, workspace)
-    train = _features(model, "train", batch_size, workspace)
+    val, val_pixels = _features(model, "val", batch_size, workspace)
+    train, _ = _features(model, "train", batch_size, workspace)
     val_files, val_labels, val_raw = val.files, val.labels, val.probabilities
     if len(train.files) < 2:
         raise CrackclsError("fewer than 2 readable training images: nothing to fit the familiarity reference on")
@@ -84,8 +85,9 @@ def fit(
     target = target_recall
     if target is not None:
         # the calibrated model's own outputs, as predict and the server will compute them
-        decoded = decoded_images(val_files, model_input_size(model), base=workspace)  # the readable ones, cached
-        val_prob, _ = predict_decoded(model, decoded, batch_size, with_features=False)
+        val_prob = np.zeros(0, np.float32)
+        if val_pixels is not None:
+            val_prob, _ = predict_decoded(model, val_pixels, batch_size, with_features=False)
         threshold = thresholds.for_recall(val_labels, val_prob, target)
         metrics["val_recall_at_threshold"] = thresholds.recall_at(val_labels, val_prob, threshold)
     metrics["decision_threshold"] = threshold

@@ -28,7 +28,7 @@ import tensorflow as tf
 
 from crackcls.data import manifest
 from crackcls.data.balance import balance_weights, emphasised, hard_negatives
-from crackcls.data.decoded import DecodedImages, decoded_images
+from crackcls.data.decoded import decoded_split
 from crackcls.data.pipeline import batches_per_epoch, decoded_dataset
 from crackcls.model import features, runtime
 from crackcls.model.build import (
@@ -271,11 +271,6 @@ def _train_images(
         shuffle=False,  # the dataset shuffles itself, seeded
         verbose=2,
     ).history
-
-
-def decoded_split(items: list, size: int, workspace: Path, split: str) -> DecodedImages:
-    """A split's images decoded once at ``size``, shared by every epoch, phase and later run (:mod:`crackcls.data.decoded`)."""
-    return decoded_images([it.path for it in items], size, base=workspace, desc=f"decode {split}")
 
 
 def _fit_hard_negatives(

@@ -29,6 +29,7 @@ import numpy as np
 from scipy import ndimage
 
 from crackcls.data.grids import whole_grids
+from crackcls.data.splitting import parent_group
 from crackcls.util.errors import CrackclsError
 
 CONNECTIVITY = (4, 8)
@@ -247,8 +248,7 @@ def whole_grid_photos(
 
     Each tile takes its own probability and label at its place in the grid.
     """
-    groups = [f"{source}/{parent}" if parent else "" for source, parent in zip(sources, parents)]
-    grids = whole_grids(files, groups)
+    grids = whole_grids(files, [parent_group(source, parent) for source, parent in zip(sources, parents)])
     if not grids:
         return None
     probabilities, labels = np.asarray(probabilities, np.float64), np.asarray(labels, int)
@@ -394,15 +394,20 @@ def fit_on_validation(
     except CrackclsError:
         return None, {}
     fitted = fit(photos, target_photo_recall, connectivity)
-    validation = {key: int(v) if key == "photos" else round(float(v), 6) for key, v in fitted.metrics.items()}
+    validation = _stored(fitted.metrics)
     validation.update(reached_target=fitted.reached_target, photos_from=photos_from)
     figures = {f"val_scan_{key}": float(value) for key, value in fitted.metrics.items() if key != "target_photo_recall"}
     figures["val_scan_reached_target"] = float(fitted.reached_target)
     figures["val_scan_whole_grid_photos"] = float(len(real.groups) if real is not None else 0)
     if real is not None:  # the rule on the real photos alone: what it does on photos, not on drawn ones
         on_real = {key: float(v) for key, v in evaluate_rule(real, fitted.rule, connectivity).items() if not np.isnan(v)}
-        validation["whole_grid"] = {key: int(v) if key == "photos" else round(v, 6) for key, v in on_real.items()}
+        validation["whole_grid"] = _stored(on_real)
         figures.update({f"val_scan_whole_grid_{key}": v for key, v in on_real.items() if key != "photos"})
     rule = {**fitted.rule.as_dict(), "validation": validation}
     figures.update({f"scan_{key}": float(value) for key, value in fitted.rule.as_dict().items() if value is not None})
     return rule, figures
+
+
+def _stored(metrics: dict) -> dict:
+    """Fitted figures as the model's companion file keeps them: counts whole, rates to 6 places."""
+    return {key: int(v) if key == "photos" else round(float(v), 6) for key, v in metrics.items()}
