@@ -304,3 +304,45 @@ def test_the_screenshot_script_explains_itself() -> None:
     )
     assert shown.returncode == 0, shown.stderr
     assert "docs/desk.jpg" in shown.stdout and "--photo" in shown.stdout and "--model" in shown.stdout
+
+
+@pytest.mark.skipif(find_chromedriver() is None or not shutil.which("chromium"), reason="chromium and chromium-driver are not installed")
+def test_in_a_browser_a_tile_of_the_review_queue_is_corrected_and_filed_under_its_site(desk: str, project: Path) -> None:
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as seen
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    fresh = []  # photos no earlier test corrected: their tiles are not in the field folder yet
+    for seed in (900, 901):
+        buffer = io.BytesIO()
+        mosaic = build_mosaic(SAMPLE, 3, 3, [(1, seed % 3)], seed=seed, skip=SKIP_TRAINED)
+        Image.fromarray(mosaic).save(buffer, "JPEG", quality=92)
+        fresh.append((f"pier4_{seed}.jpg", buffer.getvalue()))
+    state = scanned(desk, upload(desk, fresh))
+    rows_before = len(manifest_rows(project))
+    driver = browser()
+    try:
+        wait = WebDriverWait(driver, 120)
+        driver.get(f"{desk}/batches/{state['id']}")
+        driver.find_element(By.ID, "review-link").click()
+        first = wait.until(seen.presence_of_element_located((By.CSS_SELECTOR, ".queue .tile")))
+        box, number = first.get_attribute("data-box"), int(first.get_attribute("data-number"))
+        picture = first.find_element(By.TAG_NAME, "img")
+        wait.until(lambda d: d.execute_script("return arguments[0].complete && arguments[0].naturalWidth", picture))
+        assert driver.execute_script("return arguments[0].naturalWidth", picture) == 256  # the tile itself, at full size
+        assert first.find_elements(By.CSS_SELECTOR, ".reasons li") and "uncertainty" in first.text
+        driver.find_element(By.ID, "reviewer").send_keys("cleo")
+        site = driver.find_element(By.ID, "site")
+        site.clear()
+        site.send_keys("deck-7")
+        queued = len(driver.find_elements(By.CSS_SELECTOR, ".queue .tile"))
+        first.find_element(By.CSS_SELECTOR, "button.tile-not-a-crack").click()
+        wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, ".queue .tile")) == queued - 1)  # it left the queue
+    finally:
+        driver.quit()
+    (row,) = manifest_rows(project)[rows_before:]  # that tile alone
+    assert (row["site"], row["kind"], row["label"], row["reviewer"]) == ("deck-7", "not_a_crack", "Negative", "cleo")
+    assert row["box"] == box and row["photo"] == fresh[number - 1][0] and row["file"].startswith("deck-7/Negative/")
+    assert (project / "field" / row["file"]).is_file()
+    answer = requests.get(f"{desk}/api/batches/{state['id']}/review", params={"n": 500}, timeout=60).json()
+    assert [int(v) for v in box.split(",")] not in [t["box"] for t in answer["tiles"] if t["number"] == number]

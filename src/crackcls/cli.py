@@ -81,8 +81,10 @@ def _promote(args: argparse.Namespace) -> int:
             f"disagreements: {paired.challenger_only} only the challenger gets right, "
             f"{paired.champion_only} only the champion; exact McNemar p={paired.p_value:.4g}"
         )
+    if outcome.adapted_from is not None:
+        print(f"challenger adapted from v{outcome.adapted_from}: judged on its sites' own test images, worse on no source")
     if outcome.sources:
-        print("\n".join(promote.source_rows(outcome.sources, outcome.metric, outcome.max_p_value)))
+        print("\n".join(promote.source_rows(outcome.sources, outcome.metric, outcome.max_p_value, outcome.min_improvement)))
     print(("PROMOTED: " if outcome.decision.promote else "REFUSED: ") + outcome.decision.reason)
     already = outcome.champion_version == outcome.challenger_version
     return 0 if outcome.decision.promote or already else 1
@@ -106,7 +108,7 @@ def _scan(args: argparse.Namespace) -> int:
 
     result = scan.run(
         args.paths, args.model, args.tile, args.stride, args.threshold, args.batch_size, args.overlay, args.runtime,
-        report=args.report,
+        report=args.report, review=args.review, review_file=args.review_file,
     )  # fmt: skip
     sys.stdout.write(scan.write(result, args.format, args.output, args.tiles))
     if args.output:
@@ -150,7 +152,7 @@ def _app(args: argparse.Namespace) -> int:
     web.serve_check(args.host, args.auth_db)  # before the model loads
     opened = desk.Desk(
         config, args.model or champion_spec(config), Path(args.work or folders["work"]), Path(args.field or folders["field"]),
-        folders["imported"], args.runtime,
+        folders["imported"], args.runtime, site=args.site,
     )  # fmt: skip
     web.serve(opened, Path(args.photos_root).resolve(), args.host, args.port, limits, args.auth_db)
     return 0
@@ -233,6 +235,8 @@ def build_parser() -> argparse.ArgumentParser:
     scan.add_argument("--model", default=None, help="as for predict (default: models:/<registry.model_name>@champion)")
     scan.add_argument("--batch-size", type=int, default=None, help="tiles per batch (default: params evaluate.batch_size, else 64)")
     scan.add_argument("--runtime", choices=("keras", "onnx"), default=None, help=RUNTIME_HELP)
+    scan.add_argument("--review", type=int, default=None, metavar="N", help="also queue the N tiles most worth a reviewer's look (near the threshold, unfamiliar, read differently when flipped) in a JSON file the desk opens")
+    scan.add_argument("--review-file", default=None, metavar="FILE", help="where --review writes (default: reports/review.json)")
     scan.set_defaults(func=_scan)
 
     survey = sub.add_parser(
@@ -279,8 +283,9 @@ def build_parser() -> argparse.ArgumentParser:
         "app",
         help="the inspector's desk: a web page to scan photos, review and correct the answers, and report them",
         description="Serve the inspector's desk on http://127.0.0.1:8080: upload or open photos, watch them scan, "
-        "mark false regions and missed cracks (their tiles go into the field folder with a manifest row), and "
-        "download an inspection report. Any address but loopback needs --auth-db.",
+        "mark false regions and missed cracks (their tiles go into the field folder with a manifest row), review the tiles "
+        "worth a look first (a batch's review queue, or a file of `scan --review`), and download an inspection report. "
+        "Any address but loopback needs --auth-db.",
     )
     app.add_argument("--model", default=None, help="as for predict (default: models:/<registry.model_name>@champion)")
     app.add_argument("--host", default="127.0.0.1", help="address to listen on (default: %(default)s; anything else needs --auth-db)")
@@ -293,6 +298,7 @@ def build_parser() -> argparse.ArgumentParser:
     app.add_argument("--max-files", type=int, default=500, help="most photos per batch (default: %(default)s)")
     app.add_argument("--max-megapixels", type=float, default=150.0, help="largest photo (default: %(default)s)")
     app.add_argument("--runtime", choices=("keras", "onnx"), default=None, help=RUNTIME_HELP)
+    app.add_argument("--site", default="", metavar="NAME", help="the site corrections are filed under, field/<NAME>/ (a correction may name another); default: none")
     app.set_defaults(func=_app)
 
     ui_link = sub.add_parser(

@@ -4,10 +4,16 @@ One model is loaded when the desk opens and answers every batch; batches queue a
 single worker thread scans them, so the page stays responsive and two batches never
 compete for the cores. Everything the desk writes lies under its work folder (uploads,
 overlays, reports) or in the field folder (corrected tiles and their manifest).
+
+A batch's review queue (:mod:`crackcls.photos.review`) is ranked the first time it is asked
+for, not as part of the scan: its flips cost a forward pass per tile and a second decode of
+the photos that hold them, which a reviewer who only wants the verdicts should not wait for.
+A batch opened from a review file keeps the file's order instead.
 """
 
 from __future__ import annotations
 
+import io
 import queue
 import threading
 import uuid
@@ -19,16 +25,20 @@ from PIL import Image
 
 from crackcls.config import Config
 from crackcls.data.download import sha256_file
-from crackcls.data.field_labels import Correction, FieldFolder, Written
+from crackcls.data.images import SkipReport
+from crackcls.data.field_labels import Correction, FieldFolder, Written, check_site
 from crackcls.jobs import scan as scan_job
 from crackcls.jobs.predict import load_for, model_label, runtime_for
-from crackcls.photos.corrections import cut_tiles, marked_cells
+from crackcls.photos.corrections import covered_cells, cut_boxes, cut_tiles, marked_cells
 from crackcls.photos.report import ReportPhoto, render_report, write_report
-from crackcls.photos.scan import PhotoScan, ScanSettings, tile_grid, tiles_of, tiles_shift
+from crackcls.photos.review import ReviewTile, review_queue
+from crackcls.photos.scan import Box, PhotoScan, ScanSettings, tile_grid, tiles_of, tiles_shift
 from crackcls.util import paths
 from crackcls.util.errors import CrackclsError
 
 QUEUED, SCANNING, DONE, FAILED = "queued", "scanning", "done", "failed"
+MAX_REVIEW = 500  # tiles one review page may ask for
+CROP_SIDE = 512  # the longest side of a tile's picture on the review page
 
 
 @dataclass
@@ -38,6 +48,7 @@ class Photo:
     path: Path
     scan: PhotoScan | None = None
     notes: list[str] = field(default_factory=list)  # corrections made on it, in words
+    corrected: set[tuple[int, int]] = field(default_factory=set)  # (row, col) of the tiles a correction labelled
     _sha256: str | None = None
 
     @property
@@ -59,6 +70,12 @@ class Batch:
     tiles_done: int = 0
     shift_line: str | None = None
     error: str | None = None
+    review_file: Path | None = None  # the `crackcls scan --review` file the batch was opened from
+    review_header: dict | None = None  # that file's model, threshold and counts
+    file_tiles: list[tuple[int, ReviewTile]] = field(default_factory=list)  # its tiles (photo number, tile), in its order
+    ranked: list[Queued] | None = None  # the review queue, corrected tiles included
+    ranked_for: int = 0  # the queue length it was ranked for
+    crops: dict[tuple[int, Box], bytes] = field(default_factory=dict)  # JPEG of each queued tile, cut when first shown
 
     @property
     def scanned(self) -> list[Photo]:
@@ -74,6 +91,24 @@ class Batch:
             "id": self.id, "status": self.status, "tiles_done": self.tiles_done, "tiles_total": self.tiles_total,
             "photos": len(self.photos), "scanned": len(self.scanned), "error": self.error,
         }  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Queued:
+    """A tile of a batch's review queue, with the photo it belongs to and the scan cells a correction of it labels."""
+
+    number: int
+    name: str
+    tile: ReviewTile
+    cells: tuple[tuple[int, int], ...]
+
+    def open(self, photo: Photo) -> bool:
+        return not set(self.cells) <= photo.corrected
+
+    def as_dict(self, batch_id: str) -> dict:
+        left, top, right, bottom = self.tile.box
+        crop = f"/batches/{batch_id}/photos/{self.number}/tile.jpg?left={left}&top={top}&right={right}&bottom={bottom}"
+        return {"number": self.number, "name": self.name, **self.tile.as_dict(), "crop": crop}
 
 
 def tile_count(path: Path, settings: ScanSettings) -> int:
@@ -95,7 +130,9 @@ class Desk:
         imported_dir: Path,
         runtime: str | None = None,
         batch_size: int | None = None,
+        site: str = "",
     ) -> None:
+        self.site = check_site(site.strip())  # before the model loads: a bad --site fails at once
         self.config = config
         self.spec = model_spec
         self.runtime = runtime_for(model_spec, runtime)
@@ -108,6 +145,7 @@ class Desk:
         self.imported_dir = imported_dir
         self.batches: dict[str, Batch] = {}
         self._lock = threading.Lock()
+        self._review_lock = threading.Lock()  # one ranking at a time, and never twice for one batch
         self._queue: queue.Queue[Batch] = queue.Queue()
         self._worker = threading.Thread(target=self._work, name="crackcls-desk", daemon=True)
         self._worker.start()
@@ -119,11 +157,22 @@ class Desk:
         folder.mkdir(parents=True)
         return batch_id, folder
 
-    def submit(self, batch_id: str, folder: Path, photos: list[tuple[str, Path]], skipped: list[tuple[str, str]]) -> Batch:
-        """Queue ``photos`` (name, path) for scanning; ``skipped`` are the files refused on the way in."""
+    def submit(
+        self, batch_id: str, folder: Path, photos: list[tuple[str, Path]], skipped: list[tuple[str, str]],
+        review_file: Path | None = None, review_header: dict | None = None, review_tiles: list[ReviewTile] | None = None,
+    ) -> Batch:  # fmt: skip
+        """Queue ``photos`` (name, path) for scanning; ``skipped`` are the files refused on the way in.
+
+        With ``review_file``, the batch's review queue is that file's ``review_tiles``, in its
+        order (the tiles of photos not in ``photos`` are left out).
+        """
         if not photos:
             raise CrackclsError("no photo to scan")
         batch = Batch(batch_id, datetime.now(timezone.utc), folder, [Photo(n, name, path) for n, (name, path) in enumerate(photos, 1)], list(skipped))
+        if review_file is not None:
+            numbers = {photo.path.resolve(): photo.number for photo in batch.photos}
+            batch.review_file, batch.review_header = review_file, review_header
+            batch.file_tiles = [(numbers[p], t) for t in review_tiles or [] if (p := Path(t.path).resolve()) in numbers]
         for photo in batch.photos:
             batch.tiles_total += tile_count(photo.path, self.settings)
         with self._lock:
@@ -170,27 +219,91 @@ class Desk:
     # ------------------------------------------------------------ corrections
     def correct(
         self, batch_id: str, number: int, kind: str, reviewer: str, region: int | None = None,
-        box: tuple[int, int, int, int] | None = None,
+        box: tuple[int, int, int, int] | None = None, site: str | None = None,
     ) -> Written:  # fmt: skip
-        """One reviewer's correction of one photo: its tiles into the field folder, and a note on the photo."""
+        """One reviewer's correction of one photo: its tiles into the field folder (under ``site``, by default the
+        desk's), and a note on the photo."""
         photo = self.batch(batch_id).photo(number)
         cells, label, marked = marked_cells(photo.scan, kind, region, box)
         if not cells:
             raise CrackclsError("the correction covers no tile")
         now = datetime.now(timezone.utc)
-        correction = Correction(photo.name, photo.sha256, kind, marked, self.version, reviewer.strip(), now.isoformat(timespec="seconds"))
+        correction = Correction(
+            photo.name, photo.sha256, kind, marked, self.version, reviewer.strip(), now.isoformat(timespec="seconds"),
+            self.site if site is None else site.strip(),
+        )  # fmt: skip
         written = self.field.add(correction, cut_tiles(photo.path, photo.scan, cells, label))
-        what = kind.replace("_", " ") + (f" (region {region})" if kind == "not_a_crack" else "")
-        box_text = "" if kind.startswith("confirmed") else f" at {marked[0]},{marked[1]}-{marked[2]},{marked[3]}"
+        photo.corrected.update(cells)
+        what = kind.replace("_", " ") + (f" (region {region})" if region is not None else "")
+        by_box = not kind.startswith("confirmed") and region is None
+        box_text = f" at {marked[0]},{marked[1]}-{marked[2]},{marked[3]}" if by_box else ""
+        folder = f"{correction.site}/{label}" if correction.site else label
         photo.notes.append(
             f"{what}{box_text} by {correction.reviewer}, {now:%Y-%m-%d %H:%M} UTC: "
-            f"{len(written.files)} tile(s) to {label}/, {written.duplicates} already there"
+            f"{len(written.files)} tile(s) to {folder}/, {written.duplicates} already there"
         )
         return written
 
     def waiting(self) -> int:
         """Corrected tiles the pipeline has not imported yet (``dvc update data.dvc`` brings them in)."""
         return self.field.waiting(self.imported_dir)
+
+    # ------------------------------------------------------------ review
+    def review(self, batch_id: str, n: int) -> list[Queued]:
+        """The ``n`` tiles of the batch most worth a look that no correction has labelled yet, best first."""
+        if not 1 <= n <= MAX_REVIEW:
+            raise CrackclsError(f"a review page shows between 1 and {MAX_REVIEW} tiles, got n={n}")
+        batch = self.batch(batch_id)
+        if batch.status != DONE:
+            raise CrackclsError("the batch is still being scanned; its review queue follows when it is done")
+        if not batch.scanned:
+            return []
+        with self._review_lock:
+            # room for the queued tiles corrected since; not for every corrected tile (a confirmed photo labels all of its)
+            corrected = sum(not queued.open(batch.photos[queued.number - 1]) for queued in batch.ranked or [])
+            wanted = min(n + corrected, sum(photo.scan.tiles for photo in batch.scanned))
+            if batch.ranked is None or (batch.review_file is None and batch.ranked_for < wanted):
+                batch.ranked, batch.ranked_for = self._ranked(batch, wanted), wanted
+            ranked = batch.ranked
+        return [queued for queued in ranked if queued.open(batch.photos[queued.number - 1])][:n]
+
+    def _ranked(self, batch: Batch, wanted: int) -> list[Queued]:
+        """The batch's queue: the review file's tiles on this desk's scan cells, or ranked here with the desk's model."""
+        if batch.review_file is not None:
+            found = []
+            for number, tile in batch.file_tiles:
+                photo = batch.photos[number - 1]
+                if photo.scan is None:
+                    continue  # unreadable when the desk scanned it: listed among the batch's skipped files
+                try:
+                    cells = covered_cells(photo.scan, tile.box)
+                except CrackclsError as exc:
+                    batch.skipped.append((f"{photo.name}, review tile {tile.box}", str(exc)))
+                    continue
+                found.append(Queued(number, photo.name, tile, tuple(cells)))
+            return found
+        by_path = {photo.scan.path: photo for photo in batch.scanned}
+        skips = SkipReport()
+        tiles = review_queue([photo.scan for photo in batch.scanned], self.model, wanted, batch_size=self.batch_size, skips=skips)
+        batch.skipped.extend((by_path[path].name, f"left out of the review queue: {reason}") for path, reason in skips.skipped)
+        return [Queued(by_path[t.path].number, by_path[t.path].name, t, ((t.row, t.col),)) for t in tiles]
+
+    def tile_picture(self, batch_id: str, number: int, box: Box) -> bytes:
+        """A JPEG of one queued tile; the first one asked for of a photo cuts every queued tile of it (one decode)."""
+        batch = self.batch(batch_id)
+        photo = batch.photo(number)
+        key = (number, tuple(box))
+        with self._review_lock:
+            if key not in batch.crops:
+                boxes = sorted({q.tile.box for q in batch.ranked or [] if q.number == number})
+                if key[1] not in boxes:
+                    raise KeyError(box)
+                for cut, image in zip(boxes, cut_boxes(photo.path, photo.scan, boxes)):
+                    image.thumbnail((CROP_SIDE, CROP_SIDE))
+                    buffer = io.BytesIO()
+                    image.convert("RGB").save(buffer, "JPEG", quality=90)
+                    batch.crops[(number, cut)] = buffer.getvalue()
+            return batch.crops[key]
 
     # ------------------------------------------------------------ reports
     def report(self, batch_id: str) -> Path:

@@ -3,7 +3,8 @@
 Safe by default: it listens on 127.0.0.1, and any other address needs logins, checked
 against the team server's basic-auth users (``make server``'s ``--auth-db``). Uploads are
 bounded in bytes, files and pixels, and anything that is not an image is refused with its
-reason. A file name with a path in it, or a folder outside ``--photos-root``, is refused.
+reason. A file name with a path in it, or a folder or review file outside ``--photos-root``
+(or one naming photos outside it), is refused.
 The page writes only into its work folder and the field folder.
 """
 
@@ -28,10 +29,11 @@ from pydantic import BaseModel
 from starlette.datastructures import UploadFile
 from starlette.middleware.base import BaseHTTPMiddleware
 
-from crackcls.app.desk import DONE, Desk
+from crackcls.app.desk import DONE, MAX_REVIEW, Desk
 from crackcls.data.images import EMPTY, MAX_PIXELS, NOT_IMAGE, UNSUPPORTED, probe
 from crackcls.jobs.predict import expand_inputs
 from crackcls.jobs.scan import regions_text
+from crackcls.photos.review import FLIPS, decimals_for, read_review
 from crackcls.util.errors import CrackclsError
 
 HERE = Path(__file__).parent
@@ -95,13 +97,27 @@ def safe_name(name: str | None) -> str:
     return name
 
 
-def inside(root: Path, folder: str) -> Path:
-    """``folder`` (relative to ``root``, or absolute) once resolved, refused unless it lies inside ``root``."""
-    target = (root / folder).resolve()
+def resolved_inside(root: Path, name: str, what: str = "folder") -> Path:
+    """``name`` (relative to ``root``, or absolute) once resolved, refused unless it lies inside ``root``."""
+    target = (root / name).resolve()
     if not target.is_relative_to(root.resolve()):
-        raise HTTPException(400, f"refused folder {folder!r}: only folders inside {root} can be opened")
+        raise HTTPException(400, f"refused {what} {name!r}: only {what}s inside {root} can be opened")
+    return target
+
+
+def inside(root: Path, folder: str) -> Path:
+    """``folder`` (relative to ``root``, or absolute) once resolved, refused unless it is a folder inside ``root``."""
+    target = resolved_inside(root, folder)
     if not target.is_dir():
         raise HTTPException(404, f"no folder {folder!r} inside {root}")
+    return target
+
+
+def file_inside(root: Path, name: str) -> Path:
+    """As :func:`inside`, for a file."""
+    target = resolved_inside(root, name, "file")
+    if not target.is_file():
+        raise HTTPException(404, f"no file {name!r} inside {root}")
     return target
 
 
@@ -122,6 +138,7 @@ class CorrectionIn(BaseModel):
     reviewer: str = ""
     region: int | None = None
     box: tuple[int, int, int, int] | None = None
+    site: str | None = None  # None: the desk's --site
 
 
 class _Guard(BaseHTTPMiddleware):
@@ -154,6 +171,7 @@ def create_app(desk: Desk, photos_root: Path, limits: Limits = Limits(), logins:
     app.mount("/static", StaticFiles(directory=HERE / "static"), name="static")
     templates = Jinja2Templates(directory=HERE / "templates")
     templates.env.globals["regions_text"] = regions_text
+    templates.env.globals["decimals_for"] = decimals_for
     # spooled uploads stay inside the work folder, like everything else the app writes
     spool = desk.work_dir / ".spool"
     spool.mkdir(parents=True, exist_ok=True)
@@ -169,8 +187,8 @@ def create_app(desk: Desk, photos_root: Path, limits: Limits = Limits(), logins:
         except KeyError:
             raise HTTPException(404, f"no batch {batch_id!r}") from None
 
-    def answer(request: Request, batch) -> Response:  # noqa: ANN001
-        url = f"/batches/{batch.id}"
+    def answer(request: Request, batch, page: str = "") -> Response:  # noqa: ANN001
+        url = f"/batches/{batch.id}{page}"
         if "text/html" in request.headers.get("accept", "") and "application/json" not in request.headers.get("accept", ""):
             return RedirectResponse(url, 303)
         return JSONResponse({"id": batch.id, "url": url, "photos": len(batch.photos), "skipped": batch.skipped}, 201)
@@ -233,6 +251,29 @@ def create_app(desk: Desk, photos_root: Path, limits: Limits = Limits(), logins:
         batch_id, batch_folder = desk.new_batch_folder()
         return answer(request, desk.submit(batch_id, batch_folder, accepted, refused))
 
+    @app.post("/batches/review-file")
+    def open_review_file(request: Request, path: str = Form(...)) -> Response:
+        """A review file of `crackcls scan --review`: its photos scanned here, its tiles in its order."""
+        target = file_inside(photos_root, path)
+        try:
+            header, tiles = read_review(target)
+        except CrackclsError as exc:
+            raise HTTPException(400, str(exc)) from None
+        accepted, refused = [], []
+        for photo in dict.fromkeys(tile.path for tile in tiles):
+            found = resolved_inside(photos_root, photo, "photo")
+            name = str(found.relative_to(photos_root.resolve()))
+            reason = checked_image(found, limits) if found.is_file() else "not found"
+            (refused.append((name, reason)) if reason else accepted.append((name, found)))
+        if not accepted:
+            if not tiles:
+                raise HTTPException(400, f"{path!r} queues no tile")
+            raise HTTPException(415, f"no photo of {path!r} this app can read")
+        if len(accepted) > limits.max_files:
+            raise HTTPException(400, f"{path!r} names {len(accepted)} photos, more than the {limits.max_files} a batch may have")
+        batch_id, batch_folder = desk.new_batch_folder()
+        return answer(request, desk.submit(batch_id, batch_folder, accepted, refused, target, header, tiles), "/review")
+
     @app.get("/batches/{batch_id}", response_class=HTMLResponse)
     def batch_page(request: Request, batch_id: str) -> HTMLResponse:
         return page(request, "batch.html", batch=batch_or_404(batch_id), done=DONE)
@@ -255,15 +296,52 @@ def create_app(desk: Desk, photos_root: Path, limits: Limits = Limits(), logins:
         batch = batch_or_404(batch_id)
         reviewer = request.state.user or body.reviewer
         try:
-            written = desk.correct(batch.id, number, body.kind, reviewer, body.region, body.box)
+            written = desk.correct(batch.id, number, body.kind, reviewer, body.region, body.box, body.site)
         except KeyError:
             raise HTTPException(404, f"no scanned photo {number}") from None
         except CrackclsError as exc:
             raise HTTPException(400, str(exc)) from None
         return {
             "written": [f.name for f in written.files], "duplicates": written.duplicates, "waiting": desk.waiting(),
-            "note": batch.photo(number).notes[-1],
+            "note": batch.photo(number).notes[-1], "site": desk.site if body.site is None else body.site.strip(),
         }  # fmt: skip
+
+    def queued_or_error(batch, n: int) -> list:  # noqa: ANN001
+        try:
+            return desk.review(batch.id, n)
+        except CrackclsError as exc:
+            raise HTTPException(409 if batch.status != DONE else 400, str(exc)) from None
+
+    def review_answer(batch, n: int) -> dict:  # noqa: ANN001
+        queued = queued_or_error(batch, n)
+        header = batch.review_header or {}
+        return {
+            "id": batch.id, "model": desk.version, "site": desk.site, "n": n,
+            "ranked_by": header.get("model", desk.version), "review_file": str(batch.review_file) if batch.review_file else None,
+            "corrected": sum(len(photo.corrected) for photo in batch.scanned),
+            "tiles": [{"rank": rank, **q.as_dict(batch.id)} for rank, q in enumerate(queued, 1)],
+        }  # fmt: skip
+
+    @app.get("/api/batches/{batch_id}/review")
+    def review_json(batch_id: str, n: int = 50) -> dict:
+        return review_answer(batch_or_404(batch_id), n)
+
+    @app.get("/batches/{batch_id}/review", response_class=HTMLResponse)
+    def review_page(request: Request, batch_id: str, n: int = 50) -> HTMLResponse:
+        batch = batch_or_404(batch_id)
+        if batch.status != DONE:
+            return page(request, "batch.html", batch=batch, done=DONE)  # it reloads itself when the scan is done
+        return page(request, "review.html", batch=batch, review=review_answer(batch, n), flips=FLIPS, max_review=MAX_REVIEW)
+
+    @app.get("/batches/{batch_id}/photos/{number}/tile.jpg")
+    def tile_picture(batch_id: str, number: int, left: int, top: int, right: int, bottom: int) -> Response:
+        try:
+            data = desk.tile_picture(batch_or_404(batch_id).id, number, (left, top, right, bottom))
+        except KeyError:
+            raise HTTPException(404, f"no tile {left},{top}-{right},{bottom} of photo {number} in the review queue") from None
+        except CrackclsError as exc:
+            raise HTTPException(409, str(exc)) from None
+        return Response(data, media_type="image/jpeg")
 
     @app.get("/batches/{batch_id}/report")
     def report(batch_id: str) -> FileResponse:
@@ -279,7 +357,7 @@ def create_app(desk: Desk, photos_root: Path, limits: Limits = Limits(), logins:
 
     @app.get("/api/desk")
     def about() -> dict:
-        return {"model": desk.version, "waiting": desk.waiting(), "field": str(desk.field.root)}
+        return {"model": desk.version, "waiting": desk.waiting(), "field": str(desk.field.root), "site": desk.site}
 
     return app
 

@@ -13,7 +13,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from crackcls.data.download import sha256_file
-from crackcls.data.field_labels import FIELD_PARENTS
+from crackcls.data.field_labels import FIELD_PARENTS, FIELD_SOURCE, site_source
 from crackcls.data.images import SkipReport, dataset_folders, iter_images, probe
 from crackcls.data.settings import SourceConfig, repeated
 from crackcls.data.splitting import Item
@@ -110,7 +110,18 @@ def collect(folders: list[SourceFolder], workspace: Path, skips: SkipReport) -> 
     return items
 
 
-FIELD_SOURCE = "field"
+def field_folders(field_dir: Path) -> list[SourceFolder]:
+    """The field images: ``field`` for tiles at the top, ``field-<site>`` for each site's sub-folder; reviewed tiles name their photo."""
+    def holds_images(folder: Path) -> bool:
+        return any((folder / name).is_dir() and any(iter_images(folder / name)) for name in paths.LABELS)
+
+    if not field_dir.is_dir():
+        return []
+    folders = [SourceFolder(field_dir, FIELD_SOURCE, FIELD_PARENTS)] if holds_images(field_dir) else []
+    for site in sorted(p for p in field_dir.iterdir() if p.is_dir() and p.name not in paths.LABELS and not p.name.startswith(".")):
+        if holds_images(site):
+            folders.append(SourceFolder(site, site_source(site.name), FIELD_PARENTS))
+    return folders
 
 
 def source_folders(sources: list[SourceConfig], workspace: Path) -> list[SourceFolder]:
@@ -124,9 +135,7 @@ def source_folders(sources: list[SourceConfig], workspace: Path) -> list[SourceF
             raise CrackclsError(f"{root} lacks Positive/ and Negative/; run `dvc repro fetch` first")
         for name, folder in subsets.items() or [(source.name, root)]:
             folders.append(SourceFolder(folder, name, source.parents, source.max_per_class))
-    field_dir = workspace / paths.FIELD_DIR
-    if any((field_dir / name).is_dir() and any(iter_images(field_dir / name)) for name in paths.LABELS):
-        folders.append(SourceFolder(field_dir, FIELD_SOURCE, FIELD_PARENTS))  # reviewed tiles name their photo
+    folders.extend(field_folders(workspace / paths.FIELD_DIR))
     names = [folder.source for folder in folders]
     if twice := repeated(names):
         raise CrackclsError(f"two sources hold a sub-folder named {', '.join(twice)}; rename one so their metrics stay apart")

@@ -1,6 +1,10 @@
-"""Reviewed tiles into the field folder: an image per tile under Positive/ or Negative/ and a manifest row each.
+"""Reviewed tiles into the field folder: an image per tile under ``<site>/Positive`` or ``<site>/Negative``, a manifest row each.
 
-A person's correction of a scan becomes training data here. Tiles are named
+A person's correction of a scan becomes training data here. Each site (a bridge, a
+structure, a client: whatever the team names) gets its own sub-folder, which the
+pipeline takes in as its own source, ``field-<site>`` (:func:`site_source`); a
+correction with no site lands in ``Positive/`` or ``Negative/`` at the top, source
+``field``. Tiles are named
 ``<photo>--x<left>y<top>-<digest>.jpg`` so the split keeps every tile of one photo
 together (:data:`FIELD_PARENTS`: tiles of one photo look alike, and a photo split across
 train and test would leak). A file is never overwritten: it is written beside its target
@@ -31,7 +35,9 @@ from crackcls.util import atomic, paths
 from crackcls.util.errors import CrackclsError
 
 MANIFEST_FILE = "corrections.csv"
-MANIFEST_COLUMNS = ("time", "reviewer", "photo", "photo_sha256", "kind", "box", "label", "file", "sha256", "model")
+MANIFEST_COLUMNS = ("time", "reviewer", "site", "photo", "photo_sha256", "kind", "box", "label", "file", "sha256", "model")
+FIELD_SOURCE = "field"  # the field folder's own Positive/ and Negative/: corrections with no site
+SITE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,47}$")
 # the parent photo of a reviewed tile, for the split (crackcls.data.collection)
 FIELD_PARENTS = re.compile(r"^(?P<parent>.+)--x\d+y\d+-[0-9a-f]{10}$")
 JPEG_QUALITY = 95
@@ -50,12 +56,32 @@ class Correction:
     model: str
     reviewer: str
     time: str  # ISO 8601
+    site: str = ""  # the structure the photo shows; "" for none
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
             raise CrackclsError(f"unknown correction '{self.kind}'; use one of {', '.join(KINDS)}")
         if not self.reviewer.strip():
             raise CrackclsError("a correction needs the reviewer's name")
+        check_site(self.site)
+
+
+def check_site(site: str) -> str:
+    """``site`` when it can name a folder and a source (letters, digits, ``-`` and ``_``; 48 at most), else a clear error."""
+    if site and (not SITE_NAME.match(site) or site in paths.LABELS):
+        raise CrackclsError(
+            f"site '{site}' is not a usable name: use letters, digits, '-' and '_' (48 at most), starting with a letter or digit"
+        )
+    return site
+
+
+def site_source(site: str) -> str:
+    """The source name a site's tiles train and are measured under: ``field-<site>``, or ``field`` without one."""
+    return f"{FIELD_SOURCE}-{check_site(site)}" if site else FIELD_SOURCE
+
+
+def is_field_source(source: str) -> bool:
+    return source == FIELD_SOURCE or source.startswith(FIELD_SOURCE + "-")
 
 
 @dataclass(frozen=True)
@@ -120,12 +146,7 @@ class FieldFolder:
 
     def _known(self) -> set[str]:
         if self._digests is None:
-            self._digests = {
-                sha256_file(path)
-                for label in paths.LABELS
-                if (self.root / label).is_dir()
-                for path in iter_images(self.root / label)
-            }
+            self._digests = {sha256_file(path) for path in iter_images(self.root)}  # every site's tiles too
         return self._digests
 
     def add(self, correction: Correction, tiles: Sequence[LabelledTile]) -> Written:
@@ -138,7 +159,7 @@ class FieldFolder:
                     raise CrackclsError(f"a tile's label must be one of {', '.join(paths.LABELS)}, got '{tile.label}'")
                 data = _jpeg(tile.image)
                 digest = _sha256(data)
-                target = self.root / tile.label / tile_name(correction.photo, correction.photo_sha256, tile.box, digest)
+                target = self.root / correction.site / tile.label / tile_name(correction.photo, correction.photo_sha256, tile.box, digest)
                 if digest in known or not _link_new(data, target):
                     written.duplicates += 1
                     continue
@@ -151,7 +172,7 @@ class FieldFolder:
 
     def _row(self, correction: Correction, tile: LabelledTile, target: Path, digest: str) -> dict:
         return {
-            "time": correction.time, "reviewer": correction.reviewer, "photo": correction.photo,
+            "time": correction.time, "reviewer": correction.reviewer, "site": correction.site, "photo": correction.photo,
             "photo_sha256": correction.photo_sha256, "kind": correction.kind,
             "box": ",".join(str(v) for v in tile.box), "label": tile.label,
             "file": target.relative_to(self.root).as_posix(), "sha256": digest, "model": correction.model,
@@ -165,7 +186,7 @@ class FieldFolder:
 
     def _append(self, rows: Iterable[dict]) -> None:
         buffer = io.StringIO()
-        writer = csv.DictWriter(buffer, MANIFEST_COLUMNS, lineterminator="\n")
+        writer = csv.DictWriter(buffer, MANIFEST_COLUMNS, restval="", lineterminator="\n")  # rows from before sites: no site
         writer.writeheader()
         writer.writerows([*self.rows(), *rows])
         atomic.write_text(self.manifest, buffer.getvalue())

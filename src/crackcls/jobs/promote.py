@@ -6,7 +6,10 @@ an older split. The rule is :func:`crackcls.trust.promotion.decide`: better on
 ``registry.promote_metric`` by ``registry.min_improvement``, and an exact McNemar test
 on the images the two disagree about gives p < ``registry.max_p_value``; then
 :func:`crackcls.trust.promotion.with_source_checks`: on no source of the test split is
-the challenger worse with p < ``registry.max_p_value``.
+the challenger worse with p < ``registry.max_p_value``. A challenger adapted from a
+champion (``train.init``) to field sites is judged on the sites instead
+(:func:`crackcls.trust.promotion.on_sites`): better on a site's own test images by the
+same rule, and worse on no source.
 """
 
 from __future__ import annotations
@@ -18,12 +21,13 @@ import numpy as np
 
 from crackcls.config import load_config
 from crackcls.data import manifest
+from crackcls.data.field_labels import is_field_source
 from crackcls.model.evaluation import Evaluation, evaluate_items
 from crackcls.tracking import store
 from crackcls.tracking.registry import load_model
 from crackcls.trust import companions
 from crackcls.trust.intervals import format_interval
-from crackcls.trust.promotion import Decision, McNemar, SourceCheck, decide, mcnemar, with_source_checks
+from crackcls.trust.promotion import Decision, McNemar, SourceCheck, decide, mcnemar, on_sites, with_source_checks
 from crackcls.util import paths
 from crackcls.util.errors import CrackclsError
 
@@ -44,6 +48,8 @@ class Outcome:
     paired: McNemar | None = None
     sources: list[SourceCheck] | None = None
     max_p_value: float = 1.0
+    min_improvement: float = 0.0
+    adapted_from: str | None = None  # the version an adapted challenger started from: judged on its sites
 
 
 def paired_test(challenger: Evaluation, champion: Evaluation, only: set[str] | None = None) -> McNemar:
@@ -75,14 +81,14 @@ def source_checks(challenger: Evaluation, champion: Evaluation, metric: str) -> 
     return checks
 
 
-def source_rows(checks: list[SourceCheck], metric: str, max_p_value: float) -> list[str]:
-    """One printed row per source: both models' metric, the disagreements, p and the verdict."""
-    rows = [f"{'source':<12} {'n':>6}  {'challenger':>10}  {'champion':>9}  {'only chal.':>10}  {'only champ.':>11}  {'p':>8}"]
-    for c in checks:
-        verdict = "WORSE" if c.significantly_worse(max_p_value) and max_p_value < 1 else "ok"
+def source_rows(checks: list[SourceCheck], metric: str, max_p_value: float, min_improvement: float = 0.0) -> list[str]:
+    """One printed row per source (sites first): both models' metric, the disagreements, p and the verdict."""
+    width = max([12, *(len(c.source) for c in checks)])
+    rows = [f"{'source':<{width}} {'n':>6}  {'challenger':>10}  {'champion':>9}  {'only chal.':>10}  {'only champ.':>11}  {'p':>8}"]
+    for c in sorted(checks, key=lambda check: not is_field_source(check.source)):
         rows.append(
-            f"{c.source:<12} {c.n:>6}  {c.challenger:>10.4f}  {c.champion:>9.4f}  {c.paired.challenger_only:>10}  "
-            f"{c.paired.champion_only:>11}  {c.paired.p_value:>8.4g}  {verdict}"
+            f"{c.source:<{width}} {c.n:>6}  {c.challenger:>10.4f}  {c.champion:>9.4f}  {c.paired.challenger_only:>10}  "
+            f"{c.paired.champion_only:>11}  {c.paired.p_value:>8.4g}  {c.verdict(max_p_value, min_improvement, metric)}"
         )
     return [f"per source ({metric}, paired test on each source's images):", *rows]
 
@@ -123,16 +129,16 @@ def run(version: str | None = None) -> Outcome:
     challenger_result = score(challenger)
     champion_result = score(champion) if champion is not None else None
     paired = paired_test(challenger_result, champion_result) if champion_result is not None else None
-    decision = decide(
-        challenger_result.metrics[metric],
-        champion_result.metrics[metric] if champion_result else None,
-        config.registry.min_improvement,
-        metric,
-        paired,
-        config.registry.max_p_value,
-    )
     checks = source_checks(challenger_result, champion_result, metric) if champion_result is not None else []
-    decision = with_source_checks(decision, checks, config.registry.max_p_value, metric)
+    rule = config.registry
+    adapted_from = (challenger.tags or {}).get("adapted_from_version")
+    sites = [check for check in checks if is_field_source(check.source)]
+    if adapted_from is not None and sites:
+        decision = on_sites(sites, rule.min_improvement, metric, rule.max_p_value)
+    else:
+        champion_metric = champion_result.metrics[metric] if champion_result else None
+        decision = decide(challenger_result.metrics[metric], champion_metric, rule.min_improvement, metric, paired, rule.max_p_value)
+    decision = with_source_checks(decision, checks, rule.max_p_value, metric)
 
     tags = {
         "promotion_decision": "promoted" if decision.promote else "refused",
@@ -173,4 +179,6 @@ def run(version: str | None = None) -> Outcome:
         paired,
         checks,
         config.registry.max_p_value,
+        config.registry.min_improvement,
+        adapted_from,
     )

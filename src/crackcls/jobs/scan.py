@@ -32,9 +32,10 @@ from crackcls.model.scoring import CRACK
 from crackcls.photos.heatmap import save_png
 from crackcls.photos.overlay import readable_overlay
 from crackcls.photos.report import ReportPhoto, render_report, write_report
+from crackcls.photos.review import CANDIDATES, ReviewTile, candidate_count, review_document, review_queue, write_review
 from crackcls.photos.scan import PhotoScan, ScanSettings, scan_files, settings_for, tiles_of, tiles_shift
 from crackcls.trust.shift import ShiftTest
-from crackcls.util import atomic, progress
+from crackcls.util import atomic, paths, progress
 from crackcls.util.errors import CrackclsError
 from crackcls.util.tables import csv_text
 
@@ -43,6 +44,7 @@ TILE_COLUMNS = ("path", "row", "col", "left", "top", "right", "bottom", "crack_p
 # with a familiarity reference: the photo's median tile score, whether it is above 1, and the tiles above 1
 FAMILIARITY_COLUMNS = ("familiarity", "unfamiliar", "unfamiliar_tiles")
 OVERLAY_SUFFIX = "_scan.png"
+REVIEW_FILE = paths.REPORTS_DIR / "review.json"  # under the workspace root
 
 
 @dataclass
@@ -51,7 +53,9 @@ class ScanResult:
     scans: list[PhotoScan]
     skipped: SkipReport = field(default_factory=SkipReport)
     shift: ShiftTest | None = None  # every tile's familiarity tested against the validation images'
-
+    review: list[ReviewTile] | None = None  # with --review: the tiles worth a reviewer's look, best first
+    review_file: Path | None = None
+    review_skipped: SkipReport = field(default_factory=SkipReport)  # photos unreadable when their tiles were reviewed
 
 
 def settings_from(
@@ -125,14 +129,19 @@ def run(
     runtime: str | None = None,
     tiles_across: int | None = None,
     report: str | os.PathLike[str] | None = None,
+    review: int | None = None,
+    review_file: str | os.PathLike[str] | None = None,
 ) -> ScanResult:
     """Scan ``inputs``; with ``report``, also write the inspection report (overlays included) to that file.
 
     A report needs overlays: without ``overlay_dir`` they are drawn into a temporary folder
-    that lasts until the report holds them, and the rows then name no overlay file.
+    that lasts until the report holds them, and the rows then name no overlay file. With
+    ``review`` N, the N tiles most worth a reviewer's look (:mod:`crackcls.photos.review`) go
+    to ``review_file`` (default: ``reports/review.json``).
     """
     config = _config()
     settings_from(config, tile, stride, threshold, tiles_across=tiles_across)  # bad settings fail before the model loads
+    review_target = review_target_for(review, review_file)
     batch_size = checked_batch_size(config, batch_size)
     files = expand_inputs(inputs)
     spec = model_spec or champion_spec(config)
@@ -140,7 +149,7 @@ def run(
     model = load_for(spec, runtime)
     settings = settings_from(config, tile, stride, threshold, model, tiles_across)
     label = model_label(spec, runtime)
-    named = model_version(spec, label) if overlay_dir is not None or report is not None else label
+    named = model_version(spec, label) if overlay_dir is not None or report is not None or review is not None else label
     with contextlib.ExitStack() as stack:
         if overlay_dir is not None:
             out = Path(overlay_dir)
@@ -157,7 +166,22 @@ def run(
             if overlay_dir is None:
                 for scan in result.scans:
                     scan.overlay = None  # the temporary overlays are gone with their folder
+    if review_target is not None:
+        result.review = review_queue(result.scans, model, review, CANDIDATES, batch_size, result.review_skipped)
+        scored = candidate_count(result.scans, review, CANDIDATES)
+        result.review_file = write_review(review_target, review_document(result.review, named, result.scans, scored))
     return result
+
+
+def review_target_for(review: int | None, review_file: str | os.PathLike[str] | None) -> Path | None:
+    """Where ``--review`` writes, checked before anything is scanned; None without ``--review``."""
+    if review is None:
+        if review_file is not None:
+            raise CrackclsError("--review-file needs --review N: how many tiles to queue for review")
+        return None
+    if review < 1:
+        raise CrackclsError(f"--review must be at least 1 tile, got {review}")
+    return Path(review_file) if review_file is not None else paths.workspace_root() / REVIEW_FILE
 
 
 def report_html(result: ScanResult, spec_label: str, card: str | None, created: datetime | None = None) -> str:
@@ -250,4 +274,9 @@ def summary(result: ScanResult) -> str:
     if result.shift is not None:
         lines.append(result.shift.line(tiles_of(len(result.scans))))
     lines.extend(result.skipped.summary_lines())
+    if result.review_file is not None:
+        where = result.review_file.resolve()
+        shown = where.relative_to(Path.cwd().resolve()) if where.is_relative_to(Path.cwd().resolve()) else where
+        lines.append(f"{len(result.review)} tiles queued for review in {shown}")
+        lines.extend(f"  left out of the review, {path}: {reason}" for path, reason in result.review_skipped.skipped)
     return "\n".join(lines)

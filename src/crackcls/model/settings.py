@@ -102,7 +102,21 @@ class HardNegativesConfig(Section):
     learning_rate_scale: float = Field(default=0.1, gt=0, le=1, description="of the last phase's learning rate")
 
 
+class AdaptConfig(Section):
+    """How a model started from another (``train.init``) trains on: a few epochs at a low rate, not a new recipe."""
+
+    epochs: int = Field(default=3, gt=0)
+    learning_rate: float = Field(default=3e-4, gt=0, description="constant; about a tenth of a from-scratch peak")
+
+
+START_ALIASES = ("champion", "challenger")
+
+
 class TrainConfig(Section):
+    # none: a new model (the recipe below); champion or challenger: the registry alias's weights, trained on for
+    # train.adapt; models:/name/3, models:/name@alias or path/to/model.keras: that model's weights
+    init: str = "none"
+    adapt: AdaptConfig = AdaptConfig()
     epochs: int = Field(default=10, gt=0)
     patience: int = Field(default=3, ge=0)
     batch_size: int = Field(default=32, gt=0)
@@ -119,3 +133,19 @@ class TrainConfig(Section):
     # compute precision while training (crackcls.model.runtime); saved models are float32 either way
     precision: Precision = "auto"
     seed: int = 42
+
+    @field_validator("init")
+    @classmethod
+    def _init(cls, value: str) -> str:
+        if value in ("none", *START_ALIASES) or value.startswith(("models:/", "runs:/")):
+            return value
+        if not (value.endswith(".keras") and paths.resolve(value).is_file()):
+            raise ValueError(
+                f"'{value}' is not none, {' or '.join(START_ALIASES)}, a models:/ or runs:/ URI, or an existing .keras file"
+            )
+        return value
+
+    @property
+    def adapting(self) -> bool:
+        """True when training starts from an existing model's weights."""
+        return self.init != "none"

@@ -7,7 +7,10 @@ schedule, then BatchNorm's inference statistics are recomputed from training ima
 With pretrained weights, phase 1
 trains the head with the backbone frozen: on cached features (``train.feature_cache``)
 or on images; phase 2, when ``model.fine_tune_layers > 0``, unfreezes the top backbone
-layers and continues on images at a low learning rate.
+layers and continues on images at a low learning rate. Started from another model's
+weights (``train.init``), the whole model instead trains on for ``train.adapt``: a few
+epochs at a low, constant rate, so a site's corrections are taken in without a new run
+from scratch (the backbone stays frozen where it came pretrained).
 
 Runs are reproducible on a CPU: the seed fixes initialisation, shuffling, augmentation
 and dropout, and TensorFlow's op determinism is switched on, so the same params, data
@@ -98,8 +101,21 @@ def new_model(model: ModelConfig, train: TrainConfig, workspace: Path) -> CrackM
     return crack
 
 
-def fit(model: ModelConfig, train: TrainConfig, workspace: Path, on_epoch: EpochHook | None = None) -> Trained:
-    """Train a new classifier on the train split, early-stopping on the validation split."""
+def start_from(crack: CrackModel, model_file: Path) -> None:
+    """Load another model's weights into ``crack``: the same settings must have built both."""
+    try:
+        crack.model.load_weights(str(model_file))
+    except (ValueError, KeyError) as exc:
+        raise CrackclsError(
+            f"train.init: the model in {model_file.name} does not fit this model's settings ({crack.model.name}); "
+            f"set model.* (backbone, compact.filters) as it was trained. Keras said: {str(exc).splitlines()[0]}"
+        ) from None
+
+
+def fit(
+    model: ModelConfig, train: TrainConfig, workspace: Path, on_epoch: EpochHook | None = None, start: Path | None = None
+) -> Trained:
+    """Train a new classifier on the train split, or go on from ``start``'s weights; early-stopping on validation."""
     crack = new_model(model, train, workspace)
     precision = keras.mixed_precision.global_policy().name
     items = split_items(workspace, "train"), split_items(workspace, "val")
@@ -109,7 +125,12 @@ def fit(model: ModelConfig, train: TrainConfig, workspace: Path, on_epoch: Epoch
     params: dict[str, str] = {}
     scratch = from_scratch(model)
     cached = None  # the cached features, while the head alone trains on them
-    if scratch:
+    if start is not None:
+        start_from(crack, start)
+        adapt = train.adapt
+        phases = [("adapt", _fit_on_images(crack, model, train, items, workspace, callbacks, 0, adapt.epochs, adapt.learning_rate))]
+        last_rate = adapt.learning_rate
+    elif scratch:
         phases = [("scratch", _fit_on_images(crack, model, train, items, workspace, callbacks, 0, train.epochs, scratch=True))]
         last_rate = train.scratch.learning_rate
     elif train.feature_cache:
@@ -120,7 +141,7 @@ def fit(model: ModelConfig, train: TrainConfig, workspace: Path, on_epoch: Epoch
         phases = [("frozen", _fit_on_images(crack, model, train, items, workspace, callbacks, 0, train.epochs, train.learning_rate))]
         last_rate = train.learning_rate
     frozen_epochs = len(phases[0][1]["loss"])
-    if not scratch and model.fine_tune_layers > 0 and train.fine_tune_epochs > 0:
+    if start is None and not scratch and model.fine_tune_layers > 0 and train.fine_tune_epochs > 0:
         cached = None  # the backbone now trains too: images, not cached features
         params["fine_tune_layers_unfrozen"] = str(unfreeze_top(crack.backbone, model.fine_tune_layers))
         fine_tune = _fit_on_images(
@@ -219,7 +240,7 @@ def _fit_on_images(
     *,
     scratch: bool = False,
 ) -> dict[str, list[float]]:
-    """Fit the whole model on decoded images; ``scratch`` uses the from-scratch recipe."""
+    """Fit the whole model on decoded images; ``scratch`` uses the from-scratch recipe, else ``learning_rate`` stays."""
     train_items = items[0]
     if not train_items:
         raise CrackclsError("the train split is empty; adjust data.split ratios")

@@ -406,7 +406,7 @@ class _Pending:
     familiarity: np.ndarray | None = None
 
 
-def _scorer(model):  # noqa: ANN001, ANN202 - a keras.Model or a PortableModel
+def scorer(model):  # noqa: ANN001, ANN202 - a keras.Model or a PortableModel
     """(input size, familiarity reference or None, tiles → probabilities[, features]) for either runtime."""
     from crackcls.model import portable
 
@@ -436,7 +436,7 @@ def scan_files(
     """
     if batch_size < 1:
         raise CrackclsError(f"--batch-size must be at least 1, got {batch_size}")
-    size, reference, forward = _scorer(model)
+    size, reference, forward = scorer(model)
     pending: dict[int, _Pending] = {}
     for event in prefetched(tile_stream([Path(f) for f in files], settings, size, batch_size, overlay_size), PREFETCH):
         if isinstance(event, _Photo):

@@ -4,30 +4,40 @@ The steps live in their wings: fitting in :mod:`crackcls.model.training` (one pr
 or :mod:`crackcls.model.distributed` (``TF_CONFIG``: several workers, the chief goes
 on alone), post-train fitting in :mod:`crackcls.model.posttrain`, the whole-photo
 rule in :mod:`crackcls.photos.photo_rule`, logging and registration in
-:mod:`crackcls.tracking.registry`.
+:mod:`crackcls.tracking.registry`; with ``train.init``, the start model and its lineage in
+:mod:`crackcls.tracking.starting_point`.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Callable
 from pathlib import Path
+
+import mlflow
 
 from crackcls.config import Config, load_config
 from crackcls.model import distributed, posttrain, runtime, training
 from crackcls.photos import photo_rule
-from crackcls.tracking import registry, store
+from crackcls.tracking import registry, starting_point, store
 from crackcls.trust.companions import Companions
 from crackcls.util import atomic, paths
-from crackcls.util.errors import user_errors_exit
+from crackcls.util.errors import CrackclsError, user_errors_exit
 
 
 def run(config: Config, workspace: Path) -> dict:
     """Train under the strategy the machine calls for, then post-train fit, save, log and register."""
     run_name = f"{config.model.backbone}-{config.model.image_size}px"
     if not distributed.multi_worker():
-        with training.single_process(config.model, config.train):
-            return fit_save_and_register(config, workspace, training.fit, run_name, runtime.describe())
+        with starting_point.starting_point(config.train.init, config.registry.model_name) as start:
+            if start is not None:
+                run_name += f"-from-v{start.version}" if start.version else "-adapted"
+            with training.single_process(config.model, config.train):
+                fit = functools.partial(training.fit, start=start.model_file if start else None)
+                return fit_save_and_register(config, workspace, fit, run_name, runtime.describe(), start)
+    if config.train.adapting:
+        raise CrackclsError("train.init starts from a model in one process; unset TF_CONFIG or set train.init: none")
     with distributed.cluster() as cluster:
         if not cluster.is_chief:  # trains in sync; the chief writes the outputs
             trained = cluster.fit(config.model, config.train, workspace)
@@ -37,10 +47,17 @@ def run(config: Config, workspace: Path) -> dict:
 
 
 def fit_save_and_register(
-    config: Config, workspace: Path, fit: Callable[..., training.Trained], run_name: str, runtime_tags: dict
+    config: Config,
+    workspace: Path,
+    fit: Callable[..., training.Trained],
+    run_name: str,
+    runtime_tags: dict,
+    start: starting_point.StartingPoint | None = None,
 ) -> dict:
     params = config.model_dump(mode="json")
+    lineage_tags = adaptation_tags(start, workspace)
     with registry.training_run(config.mlflow.experiment, run_name, params, workspace, runtime_tags) as run:
+        mlflow.set_tags(lineage_tags)
         trained = fit(config.model, config.train, workspace, on_epoch=registry.log_epoch)
         evaluate = config.evaluate
         fitted = posttrain.fit(
@@ -59,7 +76,7 @@ def fit_save_and_register(
             saved.companion_files,
             model_name=config.registry.model_name,
             threshold=companions.threshold,
-            tags={"backbone": config.model.backbone, "target_recall": str(evaluate.target_recall)},
+            tags={"backbone": config.model.backbone, "target_recall": str(evaluate.target_recall), **lineage_tags},
         )
     info = {
         "run_id": run.run_id,
@@ -70,9 +87,18 @@ def fit_save_and_register(
         "training_time_s": trained.metrics["training_time_s"],
         "epochs_trained": trained.epochs,
         "photo_rule_validation": (companions.photo_rule or {}).get("validation"),
+        **lineage_tags,
     }
     atomic.write_json(workspace / paths.RUN_INFO_FILE, info)
     return info
+
+
+def adaptation_tags(start: starting_point.StartingPoint | None, workspace: Path) -> dict[str, str]:
+    """Where an adapted model came from, and which field data it took in; nothing for a new model."""
+    if start is None:
+        return {}
+    field = starting_point.field_data_version(workspace)
+    return {**start.tags(), **({"field_data_md5": field} if field else {})}
 
 
 def with_photo_rule(fitted: posttrain.Fitted, config: Config) -> tuple[Companions, dict[str, float]]:
@@ -91,8 +117,9 @@ def main() -> None:
     info = run(load_config(), paths.workspace_root())
     if "run_id" not in info:
         return  # a worker of a multi-worker run: the chief logs, writes and reports
+    started = f" from {info['adapted_from']}" if "adapted_from" in info else ""
     print(
-        f"train: run {info['run_id']}, {info['epochs_trained']} epochs in {info['training_time_s']} s; "
+        f"train: run {info['run_id']}, {info['epochs_trained']} epochs{started} in {info['training_time_s']} s; "
         f"registered {info['registered_model']} v{info['registered_model_version']} as @{registry.CHALLENGER}"
     )
     rule = info.get("photo_rule_validation")

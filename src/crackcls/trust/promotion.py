@@ -4,7 +4,9 @@ Three conditions, each checkable by hand: the challenger's ``promote_metric`` be
 champion's by at least ``min_improvement``; an exact McNemar test on the images the two
 models disagree about says the difference is unlikely to be luck; and the same paired
 test finds it significantly worse on no single source, so a gain on Mendeley cannot
-buy a loss on bridge decks.
+buy a loss on bridge decks. A challenger adapted to a site's corrections is judged
+where it was meant to improve (:func:`on_sites`): significantly better on a site, and
+worse on no source, site or public.
 """
 
 from __future__ import annotations
@@ -106,6 +108,27 @@ class SourceCheck:
 
     def significantly_worse(self, max_p_value: float) -> bool:
         return self.paired.champion_only > self.paired.challenger_only and self.paired.p_value < max_p_value
+
+    def verdict(self, max_p_value: float, min_improvement: float, metric: str) -> str:
+        """``BETTER``, ``WORSE`` or ``ok``: the row's word, by the same paired test the decision uses."""
+        if max_p_value >= NO_TEST:
+            return "ok"
+        if self.significantly_worse(max_p_value):
+            return "WORSE"
+        return "BETTER" if decide(self.challenger, self.champion, min_improvement, metric, self.paired, max_p_value).promote else "ok"
+
+
+def on_sites(sites: list[SourceCheck], min_improvement: float, metric: str, max_p_value: float) -> Decision:
+    """An adapted challenger: promote when :func:`decide` says it is better on at least one site's own test images.
+
+    The whole test split would drown a site of a few dozen tiles among thousands of public
+    ones; the source checks (:func:`with_source_checks`) then keep every other source safe.
+    """
+    if not sites:
+        raise ValueError("on_sites needs the checks of at least one site")
+    decisions = [(site, decide(site.challenger, site.champion, min_improvement, metric, site.paired, max_p_value)) for site in sites]
+    said = "; ".join(f"site {site.source} (n={site.n}): {decision.reason}" for site, decision in decisions)
+    return Decision(any(decision.promote for _, decision in decisions), said)
 
 
 def source_regressions(checks: list[SourceCheck], max_p_value: float) -> list[SourceCheck]:

@@ -1,4 +1,4 @@
-// The desk's page behaviour: drag-and-drop upload with progress, scan progress, and corrections.
+// The desk's page behaviour: drag-and-drop upload with progress, scan progress, corrections and the review queue.
 "use strict";
 
 function $(selector, root) { return (root || document).querySelector(selector); }
@@ -7,6 +7,27 @@ function reviewer() {
   const field = $("#reviewer");
   if (!field) return "";  // signed in: the server knows who
   return field.value.trim();
+}
+
+function site() {
+  const field = $("#site");
+  return field ? field.value.trim() : null;  // null: the desk's own --site
+}
+
+// One correction through the desk's correction path; the answer's JSON, or an Error with the desk's reason.
+async function postCorrection(batch, number, body) {
+  body.reviewer = reviewer();
+  if ($("#reviewer") && !body.reviewer) throw new Error("Type your name in Reviewer first.");
+  const where = site();
+  if (where !== null) body.site = where;
+  const response = await fetch(`/api/batches/${batch}/photos/${number}/corrections`, {
+    method: "POST", headers: {"Content-Type": "application/json"}, body: JSON.stringify(body),
+  });
+  const answer = await response.json();
+  if (!response.ok) throw new Error(`Not saved: ${answer.detail}`);
+  const waiting = $("#waiting");
+  waiting.textContent = `${answer.waiting} corrected tile(s) waiting for training. Retrain on them from the project folder: dvc update data.dvc && dvc repro`;
+  return answer;
 }
 
 function setupUpload() {
@@ -63,24 +84,37 @@ function setupProgress() {
 async function sendCorrection(card, body) {
   const message = $(".message", card);
   message.classList.remove("error");
-  body.reviewer = reviewer();
-  if ($("#reviewer") && !body.reviewer) {
-    message.textContent = "Type your name in Reviewer first."; message.classList.add("error"); return;
-  }
-  const batch = $("#batch").dataset.batch;
-  const response = await fetch(`/api/batches/${batch}/photos/${card.dataset.number}/corrections`, {
-    method: "POST", headers: {"Content-Type": "application/json"}, body: JSON.stringify(body),
-  });
-  const answer = await response.json();
-  if (!response.ok) {
-    message.textContent = `Not saved: ${answer.detail}`; message.classList.add("error"); return;
+  let answer;
+  try {
+    answer = await postCorrection($("#batch").dataset.batch, card.dataset.number, body);
+  } catch (error) {
+    message.textContent = error.message; message.classList.add("error"); return;
   }
   message.textContent = `Saved: ${answer.written.length} tile(s) written, ${answer.duplicates} already in the field folder.`;
   const item = document.createElement("li");
   item.textContent = answer.note;
   $(".notes", card).appendChild(item);
-  const waiting = $("#waiting");
-  waiting.textContent = `${answer.waiting} corrected tile(s) waiting for training. Retrain on them from the project folder: dvc update data.dvc && dvc repro`;
+}
+
+// A review-queue tile: either button labels that tile alone (its own box), and a labelled tile leaves the queue.
+function setupReviewTile(tile) {
+  const batch = $("#review").dataset.batch, message = $(".message", tile);
+  tile.querySelectorAll("button").forEach((button) => button.addEventListener("click", async () => {
+    message.classList.remove("error");
+    try {
+      const box = tile.dataset.box.split(",").map(Number);
+      const answer = await postCorrection(batch, tile.dataset.number, {kind: button.dataset.kind, box: box});
+      message.textContent = `Saved: ${answer.written.length} tile(s) written to the field folder.`;
+    } catch (error) {
+      message.textContent = error.message; message.classList.add("error"); return;
+    }
+    tile.classList.add("done");
+    setTimeout(() => {
+      tile.remove();
+      const left = document.querySelectorAll(".queue .tile").length;
+      $("#review-count").textContent = `${left} tile(s) left on this page; reload for the next ones.`;
+    }, 600);
+  }));
 }
 
 // Where a pointer event falls on the photo, in photo pixels (null on the legend panel below it).
@@ -137,6 +171,7 @@ document.addEventListener("DOMContentLoaded", () => {
   setupUpload();
   setupProgress();
   document.querySelectorAll(".photo").forEach(setupCard);
+  document.querySelectorAll(".queue .tile").forEach(setupReviewTile);
   const field = $("#reviewer");
   if (field) {
     field.value = localStorage.getItem("crackcls-reviewer") || "";
