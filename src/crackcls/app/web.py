@@ -303,7 +303,7 @@ def create_app(desk: Desk, photos_root: Path, limits: Limits = Limits(), logins:
             raise HTTPException(400, str(exc)) from None
         return {
             "written": [f.name for f in written.files], "duplicates": written.duplicates, "waiting": desk.waiting(),
-            "note": batch.photo(number).notes[-1], "site": desk.site if body.site is None else body.site.strip(),
+            "note": batch.photo(number).notes[-1], "site": written.site,
         }  # fmt: skip
 
     def queued_or_error(batch, n: int) -> list:  # noqa: ANN001

@@ -95,6 +95,7 @@ class LabelledTile:
 class Written:
     files: list[Path] = field(default_factory=list)
     duplicates: int = 0
+    site: str = ""  # the site the tiles were filed under
 
 
 def tile_name(photo: str, photo_sha256: str, box: tuple[int, int, int, int], digest: str) -> str:
@@ -151,7 +152,7 @@ class FieldFolder:
 
     def add(self, correction: Correction, tiles: Sequence[LabelledTile]) -> Written:
         """Write each tile unless the folder already holds its exact bytes; one manifest row per tile written."""
-        written, rows = Written(), []
+        written, rows = Written(site=correction.site), []
         with self._lock:
             known = self._known()
             for tile in tiles:

@@ -170,14 +170,24 @@ def _load(spec: str, digest: bool) -> tuple[keras.Model, str | None, str | None]
     store.configure_uri_only()
     try:
         source_run = store.source_run(spec)
-        with tempfile.TemporaryDirectory() as tmp:
-            local = Path(mlflow.artifacts.download_artifacts(artifact_uri=spec, dst_path=tmp))
-            candidates = sorted(local.rglob("*.keras"))
-            if not candidates:
-                raise CrackclsError(f"{spec} holds no .keras model file")
-            return loaded(candidates[0], source_run)
     except mlflow.exceptions.MlflowException as exc:
         raise CrackclsError(f"cannot resolve model {spec}: {exc.message.splitlines()[0]}") from None
+    with downloaded_model_file(spec) as local:
+        return loaded(local, source_run)
+
+
+@contextlib.contextmanager
+def downloaded_model_file(uri: str) -> Iterator[Path]:
+    """The ``.keras`` file of the model at an MLflow ``uri``, in a temporary folder for as long as it is needed."""
+    with tempfile.TemporaryDirectory(prefix="crackcls-model-") as tmp:
+        try:
+            local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=tmp))
+        except mlflow.exceptions.MlflowException as exc:
+            raise CrackclsError(f"cannot resolve model {uri}: {exc.message.splitlines()[0]}") from None
+        candidates = sorted(local.rglob("*.keras"))
+        if not candidates:
+            raise CrackclsError(f"{uri} holds no .keras model file")
+        yield candidates[0]
 
 
 SOURCE_TAG_KEYS = ("accuracy", "balanced_accuracy", "recall")

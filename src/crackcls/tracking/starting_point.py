@@ -11,7 +11,6 @@ rerun an adaptation exactly, name the version: ``train.init: models:/crackcls/3`
 from __future__ import annotations
 
 import contextlib
-import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +19,7 @@ import mlflow
 import yaml
 
 from crackcls.model.settings import START_ALIASES
-from crackcls.tracking import lineage, store
+from crackcls.tracking import lineage, registry, store
 from crackcls.util import paths
 from crackcls.util.errors import CrackclsError
 
@@ -72,15 +71,8 @@ def starting_point(spec: str, model_name: str) -> Iterator[StartingPoint | None]
             "train one first (`dvc repro`, `make demo`) or set train.init: none"
         ) from None
     pinned = f"models:/{version.name}/{version.version}" if version is not None else uri
-    with tempfile.TemporaryDirectory(prefix="crackcls-start-") as tmp:
-        try:
-            local = Path(mlflow.artifacts.download_artifacts(artifact_uri=pinned, dst_path=tmp))
-        except mlflow.exceptions.MlflowException as exc:
-            raise CrackclsError(f"train.init: cannot download {pinned}: {exc.message.splitlines()[0]}") from None
-        found = sorted(local.rglob("*.keras"))
-        if not found:
-            raise CrackclsError(f"train.init: {pinned} holds no .keras model file")
-        yield StartingPoint(found[0], spec, pinned, str(version.version) if version is not None else None, run_id)
+    with registry.downloaded_model_file(pinned) as local:
+        yield StartingPoint(local, spec, pinned, str(version.version) if version is not None else None, run_id)
 
 
 def field_data_version(workspace: Path) -> str | None:
