@@ -322,17 +322,18 @@ def fit(photos: ValidationPhotos, target_photo_recall: float = DEFAULT_TARGET_PH
     less false-alarm rate) is kept, not the one that calls every photo ``crack``, and
     ``reached_target`` says so.
     """
+    canvas = _Canvas.of(photos)
     cracked = photos.cracked()
     flat = np.concatenate([np.ravel(grid) for grid in photos.probabilities])
     medians = photos.medians()
+    structure = _structure(connectivity)
     best_key, best = None, None
     for t in _candidate_thresholds(flat):
         for margin in BACKGROUND_MARGIN_CHOICES:
             lift = background_lift(medians, margin, float(t))
             if margin is not None and not lift.any():
                 continue  # no photo's median comes near: the same rule as without a margin
-            grids = [np.asarray(grid, np.float64) - lifted for grid, lifted in zip(photos.probabilities, lift)]
-            for key, fitted in _rules_at(grids, photos.truth, cracked, float(t), margin, target_photo_recall, connectivity):
+            for key, fitted in _rules_at(canvas, canvas.lowered(lift), cracked, float(t), margin, target_photo_recall, structure):
                 if best_key is None or key > best_key:
                     best_key, best = key, fitted
     if best is None:
@@ -341,32 +342,70 @@ def fit(photos: ValidationPhotos, target_photo_recall: float = DEFAULT_TARGET_PH
     return best
 
 
+@dataclass
+class _Canvas:
+    """Every photo's grid on one array, a row of -inf between photos, so one labelling finds every photo's regions.
+
+    No region can cross the separating rows or the -inf padding (no score reaches a
+    threshold there), so the regions are exactly those of each photo on its own.
+    """
+
+    scores: np.ndarray  # (rows, cols) float64, -inf outside the photos
+    truth: np.ndarray  # (rows, cols) bool
+    owner: np.ndarray  # (rows, cols) int: the photo of each cell, -1 outside
+
+    @classmethod
+    def of(cls, photos: ValidationPhotos) -> _Canvas:
+        grids = [np.asarray(grid, np.float64) for grid in photos.probabilities]
+        width = max(grid.shape[1] for grid in grids)
+        height = sum(grid.shape[0] + 1 for grid in grids)
+        scores = np.full((height, width), -np.inf)
+        truth = np.zeros((height, width), bool)
+        owner = np.full((height, width), -1)
+        row = 0
+        for n, (grid, actual) in enumerate(zip(grids, photos.truth)):
+            rows, cols = grid.shape
+            scores[row : row + rows, :cols] = grid
+            truth[row : row + rows, :cols] = np.asarray(actual, bool)
+            owner[row : row + rows, :cols] = n
+            row += rows + 1
+        return cls(scores, truth, owner)
+
+    def lowered(self, lift: np.ndarray) -> np.ndarray:
+        """The scores with each photo lowered by its own lift."""
+        if not np.any(lift):
+            return self.scores
+        return self.scores - np.append(np.asarray(lift, np.float64), 0.0)[self.owner]  # owner -1 takes the 0 at the end
+
+
 def _rules_at(
-    grids: Sequence[np.ndarray], truth: Sequence[np.ndarray], cracked: np.ndarray, t: float, margin: float | None, target: float, connectivity: int
+    canvas: _Canvas, scores: np.ndarray, cracked: np.ndarray, t: float, margin: float | None, target: float, structure: np.ndarray
 ) -> Iterator[tuple[tuple, FittedRule]]:
-    """Every region rule at tile threshold ``t`` on already adjusted grids, with its ranking key."""
+    """Every region rule at tile threshold ``t`` on already adjusted scores, with its ranking key."""
     # every region of every photo at this threshold: its size, peak, true crack tiles and photo
-    sizes, peaks, hits, owner = [], [], [], []
-    for n, (grid, actual) in enumerate(zip(grids, truth)):
-        regions = regions_of(grid, t, connectivity)
-        if regions.sizes.size:
-            sizes.append(regions.sizes)
-            peaks.append(regions.peaks)
-            hits.append(np.bincount(regions.labels[actual], minlength=len(regions.sizes) + 1)[1:])
-            owner.append(np.full(len(regions.sizes), n))
-    if not sizes:
+    labels, count = ndimage.label(scores >= t, structure=structure)
+    if not count:
         return
-    sizes, peaks, hits, owner = (np.concatenate(a) for a in (sizes, peaks, hits, owner))
-    truth_tiles = sum(int(np.sum(actual)) for actual in truth)
+    inside = labels > 0
+    region = labels[inside] - 1
+    sizes = np.bincount(region, minlength=count)
+    peaks = np.full(count, -np.inf)
+    np.maximum.at(peaks, region, scores[inside])
+    hits = np.bincount(region, weights=canvas.truth[inside], minlength=count).astype(int)
+    owner = np.zeros(count, int)
+    owner[region] = canvas.owner[inside]
+    misses = sizes - hits
+    truth_tiles = int(canvas.truth.sum())
     peak_choices = np.unique(np.concatenate([[1.0], np.quantile(peaks[peaks >= t], np.linspace(0.5, 0.98, 8))]))
     for k in MIN_REGION_CHOICES:
         for peak in peak_choices if k > 1 else [1.0]:
             rule = PhotoRule(t, k, float(min(max(peak, t), 1.0)), margin)
             keep = (sizes >= k) | (peaks >= rule.peak_threshold)
             tp = int(hits[keep].sum())
-            fp = int((sizes - hits)[keep].sum())
+            fp = int(misses[keep].sum())
             fn = truth_tiles - tp
-            said = np.bincount(owner[keep], minlength=len(cracked)) > 0
+            said = np.zeros(len(cracked), bool)
+            said[owner[keep]] = True
             metrics = _metrics(tp, fp, fn, said, cracked)
             false_alarms = float(np.nan_to_num(metrics["photo_false_alarm_rate"], nan=0.0))  # nan: no crack-free photo
             reached = metrics["photo_recall"] >= target and false_alarms < 1.0
