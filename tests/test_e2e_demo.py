@@ -27,7 +27,7 @@ from crackcls.util import quiet
 
 pytestmark = pytest.mark.e2e
 # What is checked is the wiring a user sees, not the accuracy: a few epochs show all of it.
-DEMO_EPOCHS = 2
+DEMO_EPOCHS = 1
 
 
 def _run(args: list[str], cwd: Path, timeout: int = 900) -> subprocess.CompletedProcess:
