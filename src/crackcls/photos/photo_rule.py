@@ -95,13 +95,17 @@ class Regions:
 
 
 def regions_of(probabilities: np.ndarray, threshold: float, connectivity: int = 8) -> Regions:
-    labels, count = ndimage.label(np.asarray(probabilities) >= threshold, structure=_structure(connectivity))
-    if not count:
-        return Regions(labels, np.zeros(0, int), np.zeros(0))
-    index = np.arange(1, count + 1)
-    sizes = np.bincount(labels.ravel(), minlength=count + 1)[1:]
-    peaks = np.asarray(ndimage.maximum(probabilities, labels, index), np.float64).reshape(-1)
-    return Regions(labels, sizes, peaks)
+    return _labelled(np.asarray(probabilities), threshold, _structure(connectivity))
+
+
+def _labelled(scores: np.ndarray, threshold: float, structure: np.ndarray) -> Regions:
+    """The regions at ``threshold``; sizes and peaks in one pass over the labelled tiles (no sort, unlike ``ndimage.maximum``)."""
+    labels, count = ndimage.label(scores >= threshold, structure=structure)
+    inside = labels > 0
+    region = labels[inside] - 1
+    peaks = np.full(count, -np.inf)
+    np.maximum.at(peaks, region, scores[inside])
+    return Regions(labels, np.bincount(region, minlength=count), peaks)
 
 
 def background_lift(medians: np.ndarray | float, margin: float | None, threshold: float) -> np.ndarray:
@@ -353,6 +357,7 @@ class _Canvas:
     scores: np.ndarray  # (rows, cols) float64, -inf outside the photos
     truth: np.ndarray  # (rows, cols) bool
     owner: np.ndarray  # (rows, cols) int: the photo of each cell, -1 outside
+    inside: np.ndarray  # (rows, cols) bool: the cells of a photo
 
     @classmethod
     def of(cls, photos: ValidationPhotos) -> _Canvas:
@@ -369,7 +374,7 @@ class _Canvas:
             truth[row : row + rows, :cols] = np.asarray(actual, bool)
             owner[row : row + rows, :cols] = n
             row += rows + 1
-        return cls(scores, truth, owner)
+        return cls(scores, truth, owner, owner >= 0)
 
     def lowered(self, lift: np.ndarray) -> np.ndarray:
         """The scores with each photo lowered by its own lift."""
@@ -383,17 +388,14 @@ def _rules_at(
 ) -> Iterator[tuple[tuple, FittedRule]]:
     """Every region rule at tile threshold ``t`` on already adjusted scores, with its ranking key."""
     # every region of every photo at this threshold: its size, peak, true crack tiles and photo
-    labels, count = ndimage.label(scores >= t, structure=structure)
+    regions = _labelled(scores, t, structure)
+    sizes, peaks, count = regions.sizes, regions.peaks, len(regions.sizes)
     if not count:
         return
-    inside = labels > 0
-    region = labels[inside] - 1
-    sizes = np.bincount(region, minlength=count)
-    peaks = np.full(count, -np.inf)
-    np.maximum.at(peaks, region, scores[inside])
-    hits = np.bincount(region, weights=canvas.truth[inside], minlength=count).astype(int)
-    owner = np.zeros(count, int)
-    owner[region] = canvas.owner[inside]
+    hits = np.bincount(regions.labels[canvas.truth], minlength=count + 1)[1:]
+    owner = np.zeros(count + 1, int)  # [0]: the unlabelled cells', dropped
+    owner[regions.labels[canvas.inside]] = canvas.owner[canvas.inside]
+    owner = owner[1:]
     misses = sizes - hits
     truth_tiles = int(canvas.truth.sum())
     peak_choices = np.unique(np.concatenate([[1.0], np.quantile(peaks[peaks >= t], np.linspace(0.5, 0.98, 8))]))

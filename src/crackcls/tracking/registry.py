@@ -171,7 +171,7 @@ def _load(spec: str, digest: bool) -> tuple[keras.Model, str | None, str | None]
     try:
         source_run = store.source_run(spec)
     except mlflow.exceptions.MlflowException as exc:
-        raise CrackclsError(f"cannot resolve model {spec}: {exc.message.splitlines()[0]}") from None
+        raise _unresolved(spec, exc) from None
     with downloaded_model_file(spec) as local:
         return loaded(local, source_run)
 
@@ -183,11 +183,15 @@ def downloaded_model_file(uri: str) -> Iterator[Path]:
         try:
             local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=tmp))
         except mlflow.exceptions.MlflowException as exc:
-            raise CrackclsError(f"cannot resolve model {uri}: {exc.message.splitlines()[0]}") from None
+            raise _unresolved(uri, exc) from None
         candidates = sorted(local.rglob("*.keras"))
         if not candidates:
             raise CrackclsError(f"{uri} holds no .keras model file")
         yield candidates[0]
+
+
+def _unresolved(uri: str, exc: mlflow.exceptions.MlflowException) -> CrackclsError:
+    return CrackclsError(f"cannot resolve model {uri}: {exc.message.splitlines()[0]}")
 
 
 SOURCE_TAG_KEYS = ("accuracy", "balanced_accuracy", "recall")
